@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Both set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install up down status test demo bench-encoder clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	bash infra/local/kafka.sh install
+	@touch $(STAMP)
+
+up: install
+	bash infra/local/services.sh up
+
+down:
+	bash infra/local/services.sh down
+
+status:
+	bash infra/local/services.sh status
+
+# Starts the services that are not running yet, runs the whole suite, stops only what it started.
+# pytest's exit 5 (a marker selection that collects nothing) counts as success.
+test: install
+	bash infra/local/services.sh run bash -c '$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc'
+
+demo: install
+	bash infra/local/services.sh up
+	$(VENV)/bin/embedworker demo -c configs/demo.yaml
+
+clean: down
+	rm -rf .run data

@@ -1,0 +1,49 @@
+"""Readiness checks used by the local service scripts (run with the project's venv).
+
+    python infra/local/check_services.py kafka localhost:9092
+    python infra/local/check_services.py redis redis://127.0.0.1:6379/0
+
+Exit 0 when the service answers for real (Kafka: cluster metadata with a live broker;
+Redis: version >= 8 and a VADD/VSIM/VREM round trip on a scratch key), non-zero otherwise.
+"""
+
+import sys
+import uuid
+
+
+def check_kafka(bootstrap: str) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        cluster = admin.describe_cluster()
+        if not cluster.get("brokers"):
+            raise SystemExit("kafka: no broker in the cluster metadata yet")
+    finally:
+        admin.close()
+
+
+def check_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=3)
+    version = client.info("server")["redis_version"]
+    if int(version.split(".")[0]) < 8:
+        raise SystemExit(f"redis: version {version} has no vector sets (need >= 8)")
+    key = f"__embedworker_check:{uuid.uuid4().hex}"
+    vs = client.vset()
+    try:
+        vs.vadd(key, [1.0, 0.0, 0.0], "a")
+        vs.vadd(key, [0.0, 1.0, 0.0], "b")
+        top = vs.vsim(key, [0.9, 0.1, 0.0], count=1)
+        if [t.decode() if isinstance(t, bytes) else t for t in top] != ["a"]:
+            raise SystemExit(f"redis: VSIM returned {top!r}, expected ['a']")
+        vs.vrem(key, "a")
+    finally:
+        client.delete(key)
+    print(f"redis {version}: VADD/VSIM/VREM work")
+
+
+if __name__ == "__main__":
+    kind, target = sys.argv[1], sys.argv[2]
+    {"kafka": check_kafka, "redis": check_redis}[kind](target)

@@ -1,0 +1,51 @@
+# Shared settings for the local service scripts (sourced, not run).
+# Everything these scripts create lives under RUN_DIR (git-ignored) and CACHE_DIR (outside git).
+set -euo pipefail
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+RUN_DIR="${EMBEDWORKER_RUN_DIR:-$REPO_DIR/.run}"
+CACHE_DIR="${EMBEDWORKER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/embedworker}"
+PYTHON="${EMBEDWORKER_PYTHON:-$REPO_DIR/.venv/bin/python}"
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+# pid_alive PIDFILE MARKER: true when the pid in PIDFILE is a live process whose command line or
+# environment holds MARKER (a path of ours), so a recycled pid that now belongs to another program is
+# never mistaken for ours.
+pid_alive() {
+  local pidfile="$1" marker="$2" pid state
+  [ -f "$pidfile" ] || return 1
+  pid="$(cat "$pidfile" 2>/dev/null)"
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  state="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null)"
+  [ "$state" != "Z" ] || return 1
+  { tr '\0' '\n' < "/proc/$pid/cmdline"; tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null | grep -F -- "$marker" >/dev/null
+}
+
+# stop_pid PIDFILE MARKER NAME: SIGTERM, wait up to 30 s, then SIGKILL; only the pid we started.
+stop_pid() {
+  local pidfile="$1" marker="$2" name="$3" pid i
+  if ! pid_alive "$pidfile" "$marker"; then
+    rm -f "$pidfile"; log "$name: not running"; return 0
+  fi
+  pid="$(cat "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 300); do
+    pid_alive "$pidfile" "$marker" || break
+    sleep 0.1
+  done
+  if pid_alive "$pidfile" "$marker"; then
+    log "$name: still running after 30 s, sending SIGKILL to $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$pidfile"
+  log "$name: stopped (pid $pid)"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+require_python() {
+  [ -x "$PYTHON" ] || die "$PYTHON not found: run 'make install' first (or set EMBEDWORKER_PYTHON)"
+}

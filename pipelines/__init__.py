@@ -1,0 +1,2 @@
+"""What wires and drives the workers: configuration, streaming supervision, backfill,
+search, evaluation and the command line."""

@@ -1,0 +1,185 @@
+"""The command line: `embedworker run | produce | backfill | search | status | eval | demo`.
+
+The only module that parses arguments and prints tables; everything it calls returns values.
+Exit codes: 0 ok, 1 a failure the message explains, 2 a configuration error, 3 unhealthy (status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import ConfigError, EmbedworkerSettings, load_settings
+from workers import logs
+from workers.errors import EmbedworkerError
+
+log = logging.getLogger("embedworker.cli")
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _settings(args) -> EmbedworkerSettings:
+    settings = load_settings(args.config)
+    logs.configure(args.log_level or settings.logging.level, settings.logging.json_format or None)
+    for secret in (settings.redis.password, settings.kafka.security.sasl_password):
+        if secret is not None:
+            logs.register_secret(secret.get_secret_value())
+    return settings
+
+
+def cmd_run(args) -> int:
+    from pipelines.stream import StreamSupervisor, resolve_model
+
+    settings, note = resolve_model(_settings(args))
+    if note:
+        log.warning(note)
+    supervisor = StreamSupervisor(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: supervisor.request_stop())
+    supervisor.start()
+    results = supervisor.supervise()
+    log.info("stopped: %s", results)
+    return 0 if all(r.get("state") == "stopped" for r in results) else 1
+
+
+def cmd_produce(args) -> int:
+    from pipelines.produce import produce_file
+
+    settings = _settings(args)
+    result = produce_file(settings, args.file, partitions=args.partitions)
+    console.print(f"sent {result['sent']} records to [bold]{result['topic']}[/bold]"
+                  + (" (topic created)" if result["created"] else ""))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from pipelines.search import Searcher
+    from pipelines.stream import resolve_model
+
+    settings, note = resolve_model(_settings(args))
+    if note:
+        err_console.print(f"[yellow]{note}[/yellow]")
+    searcher = Searcher(settings)
+    searcher.setup()
+    hits = searcher.search(args.query, k=args.k, filter=args.filter, ef=args.ef)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
+        return 0
+    console.print(search_table(args.query, hits, searcher.index.base, args.filter))
+    return 0
+
+
+def search_table(query: str, hits, index: str, filter_expr: str | None = None) -> Table:
+    title = f"{query!r} in {index}" + (f" where {filter_expr}" if filter_expr else "")
+    table = Table(title=title, show_lines=False)
+    for col, style in (("#", "dim"), ("score", "cyan"), ("id", ""), ("title", "bold"), ("url", "blue"),
+                       ("published_at", "")):
+        table.add_column(col, style=style or None, overflow="fold")
+    for i, h in enumerate(hits, 1):
+        published = (datetime.fromtimestamp(h.published_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+                     if isinstance(h.published_at, (int, float)) else "")
+        table.add_row(str(i), f"{h.score:.4f}", h.id + (f"#{h.chunk}" if h.chunk else ""), h.title or "",
+                      h.url or "", published)
+    return table
+
+
+def cmd_status(args) -> int:
+    from pipelines.status import collect_status
+
+    settings = _settings(args)
+    report = collect_status(settings)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=1, default=str))
+    else:
+        print_status(report)
+    return 0
+
+
+def print_status(report: dict) -> None:
+    k = report["kafka"]
+    if "error" in k:
+        console.print(f"[red]kafka: {k['error']}[/red]")
+    else:
+        table = Table(title=f"Kafka {k['topic']} (group {k['group']}), dead letters in {k['dlq_topic']}: "
+                            f"{k['dlq_records']}")
+        for col in ("partition", "committed", "end", "lag"):
+            table.add_column(col, justify="right")
+        for p in k["partitions"]:
+            table.add_row(str(p["partition"]), str(p["committed"]), str(p["end"]), str(p["lag"]))
+        table.add_row("all", "", "", str(k["total_lag"]), style="bold")
+        console.print(table)
+    r = report["redis"]
+    if "error" in r:
+        console.print(f"[red]redis: {r['error']}[/red]")
+    elif r.get("enabled", True):
+        table = Table(title=f"Redis vector sets ({r['total_vectors']} vectors"
+                            + (f", alias -> {r['alias']}" if r.get("alias") else "") + ")")
+        table.add_column("key")
+        table.add_column("vectors", justify="right")
+        table.add_column("server")
+        for key in r["keys"]:
+            table.add_row(key["key"], str(key["vectors"]), key["server"])
+        console.print(table)
+    p = report["parquet"]
+    if "error" in p:
+        console.print(f"[red]parquet: {p['error']}[/red]")
+    elif p.get("enabled", True):
+        console.print(f"Parquet {p['path']}: {p['files']} files, {p['rows']} rows, {p['bytes'] / 1e6:.1f} MB")
+
+
+def cmd_demo(args) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(_settings(args), console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedworker", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: logging.level)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, fn, help_text, config_required=True):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("-c", "--config", required=config_required, default=None, help="YAML config file")
+        p.set_defaults(fn=fn)
+        return p
+
+    command("run", cmd_run, "stream from Kafka until SIGTERM (drains, flushes, commits)")
+    p = command("produce", cmd_produce, "send a JSONL file to the topic, keyed by id")
+    p.add_argument("file")
+    p.add_argument("--partitions", type=int, default=3, help="partitions if the topic is created (default 3)")
+    p = command("search", cmd_search, "search the index")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--filter", default=None, help="a vector-set FILTER expression, e.g. '.lang == \"ko\"'")
+    p.add_argument("--ef", type=int, default=None, help="search exploration factor")
+    p.add_argument("--json", action="store_true")
+    p = command("status", cmd_status, "lag per partition, vectors per set, Parquet files and rows")
+    p.add_argument("--json", action="store_true")
+    command("demo", cmd_demo, "local end-to-end run on the bundled sample feed", config_required=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo" and args.config is None:
+        args.config = "configs/demo.yaml"
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        return 2
+    except EmbedworkerError as exc:
+        err_console.print(f"[red]error: {exc}[/red]")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Search: a query through the same encoder (query prefix) against every shard, merged by score.
+
+The index searched is the alias `{prefix}:current` when one was set (by a backfill with
+--target), else `redis.index` (default: the model slug). A chunked document scores as its best
+chunk. FILTER expressions go to Redis as they are (`.lang == "ko" and .published_at > 1764000000`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from redis.exceptions import RedisError, ResponseError
+
+from pipelines.config import EmbedworkerSettings
+from workers.encoder import Encoder
+from workers.errors import EmbedworkerError
+from workers.model_files import model_slug
+from workers.sinks.redis_vset import VectorSetIndex, connect, explain_redis_error
+
+
+class SearchError(EmbedworkerError):
+    """The search could not run: no index, a bad filter expression, Redis unreachable."""
+
+
+@dataclass
+class SearchHit:
+    id: str
+    score: float
+    chunk: int = 0
+    title: str | None = None
+    url: str | None = None
+    source: str | None = None
+    lang: str | None = None
+    published_at: int | None = None
+    attrs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def alias_key(settings: EmbedworkerSettings) -> str:
+    return f"{settings.redis.key_prefix}:current"
+
+
+def resolve_index(client, settings: EmbedworkerSettings, slug: str) -> VectorSetIndex:
+    """The index searches should use: the alias if set, else the configured one."""
+    r = settings.redis
+    name = client.get(alias_key(settings))
+    name = name.decode() if isinstance(name, bytes) else (name or r.index or slug)
+    index = VectorSetIndex(r.key_prefix, name, r.shards)
+    shards = client.hget(index.meta_key, "shards")
+    if shards is not None:
+        index = VectorSetIndex(r.key_prefix, name, int(shards))
+    return index
+
+
+class Searcher:
+    def __init__(self, settings: EmbedworkerSettings, encoder: Encoder | None = None):
+        self.settings = settings
+        self.encoder = encoder
+        self._clients: list = []
+        self.index: VectorSetIndex | None = None
+
+    def setup(self) -> None:
+        """Load the encoder (if not given) and connect to every shard. Raises SearchError."""
+        s = self.settings
+        if self.encoder is None:
+            m = s.model
+            self.encoder = Encoder.load(m.name, device=m.device, dtype=m.dtype, revision=m.revision,
+                                        document_prefix=m.document_prefix, query_prefix=m.query_prefix,
+                                        max_tokens=m.max_tokens)
+        urls = s.redis.shard_urls or [s.redis.url]
+        by_url = {u: connect(s.redis, u) for u in dict.fromkeys(urls)}
+        try:
+            self.index = resolve_index(by_url[urls[0]], s, model_slug(s.model.name))
+        except RedisError as exc:
+            raise SearchError(str(explain_redis_error(exc, urls[0], s.redis) or f"Redis: {exc}")) from None
+        self._clients = [by_url[urls[i % len(urls)]] for i in range(self.index.shards)]
+
+    def search(self, query: str, k: int = 10, filter: str | None = None, ef: int | None = None) -> list[SearchHit]:
+        vector = self.encoder.encode_queries([query])[0]
+        return self.search_vector(vector, k, filter, ef)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
+                      ef: int | None = None) -> list[SearchHit]:
+        """Top k documents for a normalized query vector over every shard."""
+        blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
+        count = k * 3 if self.settings.model.chunking.enabled else k
+        keys = self.index.shard_keys()
+
+        def one(i: int):
+            try:
+                return self._clients[i].vset().vsim(keys[i], blob, with_scores=True, with_attribs=True, count=count,
+                                                    ef=ef, filter=filter) or {}
+            except ResponseError as exc:
+                if "syntax" in str(exc).lower() or "filter" in str(exc).lower():
+                    raise SearchError(f"the filter expression was rejected by Redis: {exc}") from None
+                raise SearchError(f"VSIM on {keys[i]} failed: {exc}") from None
+            except RedisError as exc:
+                err = explain_redis_error(exc, self.settings.redis.url, self.settings.redis)
+                raise SearchError(str(err) if err else f"Redis is unreachable: {exc}") from None
+
+        if len(keys) == 1:
+            replies = [one(0)]
+        else:
+            with ThreadPoolExecutor(min(16, len(keys))) as pool:
+                replies = list(pool.map(one, range(len(keys))))
+        best: dict[str, SearchHit] = {}
+        for reply in replies:
+            for element, entry in reply.items():
+                hit = _hit(element, entry)
+                if hit.id not in best or hit.score > best[hit.id].score:
+                    best[hit.id] = hit
+        return sorted(best.values(), key=lambda h: -h.score)[:k]
+
+    def count(self) -> int:
+        return sum(int(self._clients[i].execute_command("VCARD", key) or 0)
+                   for i, key in enumerate(self.index.shard_keys()))
+
+
+def _hit(element, entry: dict) -> SearchHit:
+    name = element.decode() if isinstance(element, bytes) else element
+    attrs = dict(entry.get("attributes") or {})
+    doc_id = attrs.pop("id", None) or name
+    hit = SearchHit(id=doc_id, score=float(entry["score"]), chunk=int(attrs.pop("chunk", 0) or 0))
+    for name in ("title", "url", "source", "lang", "published_at"):
+        setattr(hit, name, attrs.pop(name, None))
+    attrs.pop("chunks", None)
+    attrs.pop("model", None)
+    hit.attrs = attrs
+    return hit
+

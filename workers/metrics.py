@@ -1,0 +1,123 @@
+"""Prometheus metrics of one worker (prometheus_client, a registry per worker).
+
+Every metric carries the label `replica`. When `workers.metrics_port` is set, replica i serves
+them at http://<node>:<metrics_port + i>/metrics. `snapshot()` gives the same numbers as a dict
+(for the supervisor's throughput log and `embedworker status`).
+
+| name | type | labels | meaning |
+| --- | --- | --- | --- |
+| embedworker_records_consumed_total | counter | replica, topic | records polled from Kafka |
+| embedworker_documents_embedded_total | counter | replica | documents whose vectors are ready |
+| embedworker_records_rejected_total | counter | replica, reason | records sent to the dead-letter topic |
+| embedworker_documents_deleted_total | counter | replica | op=delete records |
+| embedworker_records_written_total | counter | replica, sink | records each sink took |
+| embedworker_batch_size | histogram | replica | texts (chunks) per forward batch |
+| embedworker_batch_padded_tokens | histogram | replica | padded tokens per forward batch |
+| embedworker_padding_ratio | gauge | replica | padded / real tokens - 1, since start |
+| embedworker_encode_seconds | histogram | replica | forward time per batch |
+| embedworker_sink_write_seconds | histogram | replica, sink | time per sink write or flush |
+| embedworker_end_to_end_latency_seconds | histogram | replica | Kafka record timestamp -> written to every sink |
+| embedworker_consumer_lag | gauge | replica, topic, partition | end offset - position |
+| embedworker_committed_offset | gauge | replica, topic, partition | last committed offset |
+| embedworker_in_flight_documents | gauge | replica | polled, not yet handed to the sinks |
+| embedworker_paused | gauge | replica | 1 while partitions are paused (backpressure) |
+| embedworker_gpu_memory_bytes | gauge | replica | CUDA memory allocated by the encoder |
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+TOKEN_BUCKETS = (256, 1024, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+class WorkerMetrics:
+    def __init__(self, replica: int = 0):
+        self.registry = CollectorRegistry()
+        r, reg = str(replica), self.registry
+        self.replica = r
+        self._consumed = Counter("embedworker_records_consumed", "Records polled from Kafka", ["replica", "topic"], registry=reg)
+        self._embedded = Counter("embedworker_documents_embedded", "Documents embedded", ["replica"], registry=reg).labels(r)
+        self._rejected = Counter("embedworker_records_rejected", "Records sent to the DLQ", ["replica", "reason"], registry=reg)
+        self._deleted = Counter("embedworker_documents_deleted", "Delete records", ["replica"], registry=reg).labels(r)
+        self._written = Counter("embedworker_records_written", "Records written per sink", ["replica", "sink"], registry=reg)
+        self._batch_size = Histogram("embedworker_batch_size", "Texts per batch", ["replica"], buckets=BATCH_BUCKETS,
+                                     registry=reg).labels(r)
+        self._batch_tokens = Histogram("embedworker_batch_padded_tokens", "Padded tokens per batch", ["replica"],
+                                       buckets=TOKEN_BUCKETS, registry=reg).labels(r)
+        self._padding = Gauge("embedworker_padding_ratio", "Padded/real tokens - 1", ["replica"], registry=reg).labels(r)
+        self._encode = Histogram("embedworker_encode_seconds", "Forward seconds per batch", ["replica"],
+                                 buckets=LATENCY_BUCKETS, registry=reg).labels(r)
+        self._sink = Histogram("embedworker_sink_write_seconds", "Seconds per sink write", ["replica", "sink"],
+                               buckets=LATENCY_BUCKETS, registry=reg)
+        self._latency = Histogram("embedworker_end_to_end_latency_seconds", "Kafka timestamp to written",
+                                  ["replica"], buckets=LATENCY_BUCKETS, registry=reg).labels(r)
+        self._lag = Gauge("embedworker_consumer_lag", "End offset minus position", ["replica", "topic", "partition"],
+                          registry=reg)
+        self._committed = Gauge("embedworker_committed_offset", "Committed offset", ["replica", "topic", "partition"],
+                                registry=reg)
+        self.in_flight = Gauge("embedworker_in_flight_documents", "Polled, not yet written", ["replica"], registry=reg).labels(r)
+        self.paused = Gauge("embedworker_paused", "1 while paused by backpressure", ["replica"], registry=reg).labels(r)
+        self.gpu_memory = Gauge("embedworker_gpu_memory_bytes", "CUDA memory allocated", ["replica"], registry=reg).labels(r)
+        self._real_tokens = 0
+        self._padded_tokens = 0
+        self.counts = {"consumed": 0, "embedded": 0, "rejected": 0, "deleted": 0, "written": 0, "batches": 0}
+        self.started = time.time()
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics over HTTP on `port` (called once in the actor)."""
+        start_http_server(port, registry=self.registry)
+
+    def consumed(self, topic: str, n: int) -> None:
+        self._consumed.labels(self.replica, topic).inc(n)
+        self.counts["consumed"] += n
+
+    def embedded(self, n: int = 1) -> None:
+        self._embedded.inc(n)
+        self.counts["embedded"] += n
+
+    def deleted(self, n: int = 1) -> None:
+        self._deleted.inc(n)
+        self.counts["deleted"] += n
+
+    def rejected(self, reason: str) -> None:
+        self._rejected.labels(self.replica, reason).inc()
+        self.counts["rejected"] += 1
+
+    def observe_batch(self, size: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        self._batch_size.observe(size)
+        self._batch_tokens.observe(padded_tokens)
+        self._encode.observe(seconds)
+        self._real_tokens += real_tokens
+        self._padded_tokens += padded_tokens
+        self._padding.set(self._padded_tokens / max(1, self._real_tokens) - 1)
+        self.counts["batches"] += 1
+
+    def sink_write(self, sink: str, records: int, seconds: float) -> None:
+        self._sink.labels(self.replica, sink).observe(seconds)
+        if records:
+            self._written.labels(self.replica, sink).inc(records)
+
+    def written(self, event_times_ms: list[int | None], now: float) -> None:
+        for ts in event_times_ms:
+            if ts is not None:
+                self._latency.observe(max(0.0, now - ts / 1000.0))
+        self.counts["written"] += len(event_times_ms)
+
+    def lag(self, lags: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), value in lags.items():
+            self._lag.labels(self.replica, topic, str(partition)).set(value)
+
+    def committed(self, offsets: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), value in offsets.items():
+            self._committed.labels(self.replica, topic, str(partition)).set(value)
+
+    def snapshot(self) -> dict:
+        out = dict(self.counts)
+        out["padding_ratio"] = round(self._padded_tokens / max(1, self._real_tokens) - 1, 4)
+        out["uptime_s"] = round(time.time() - self.started, 1)
+        return out

@@ -1,0 +1,198 @@
+"""Settings of each part, as plain validated data (pydantic models, picklable, no I/O).
+
+`pipelines.config` composes them into the file/environment-loaded configuration; the worker
+receives them as constructor arguments. Secrets are `SecretStr` (never printed) and may come
+from files (`*_file`), read only when a connection opens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
+    """The secret's text, from the value or from the file (first line, stripped)."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return Path(file).read_text(encoding="utf-8").splitlines()[0].strip()
+    return None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***' (for logs and status output)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class KafkaSecurity(_Section):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _sasl_complete(self):
+        if self.protocol.startswith("SASL"):
+            if not self.sasl_mechanism:
+                raise ValueError("sasl_mechanism is required when protocol is SASL_PLAINTEXT or SASL_SSL")
+            if not self.sasl_username or (self.sasl_password is None and self.sasl_password_file is None):
+                raise ValueError("sasl_username and sasl_password (or sasl_password_file) are required for SASL")
+        return self
+
+    def client_options(self) -> dict:
+        """kafka-python keyword arguments (secrets resolved here, at connection time)."""
+        opts: dict = {"security_protocol": self.protocol}
+        if self.protocol.startswith("SASL"):
+            opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=read_secret(self.sasl_password, self.sasl_password_file))
+        if self.protocol.endswith("SSL"):
+            opts.update(ssl_check_hostname=self.ssl_check_hostname)
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name) is not None:
+                    opts[name] = str(getattr(self, name))
+            if self.ssl_password is not None:
+                opts["ssl_password"] = self.ssl_password.get_secret_value()
+        return opts
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    topic: str = "news.docs"
+    group_id: str = "embedworker"
+    dlq_topic: str | None = None
+    start: Literal["committed", "earliest", "latest"] = "committed"
+    security: KafkaSecurity = KafkaSecurity()
+    client_id: str = "embedworker"
+    max_poll_records: int = Field(500, gt=0)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    session_timeout_ms: int = Field(10_000, ge=6_000)
+    request_timeout_ms: int = Field(30_000, gt=0)
+    commit_interval_ms: int = Field(1000, ge=0)
+    max_message_bytes: int = Field(4 * 1024 * 1024, gt=0)
+
+    @field_validator("topic", "group_id")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+
+class ChunkingSettings(_Section):
+    enabled: bool = False
+    overlap: int = Field(64, ge=0)
+    max_chunks: int = Field(32, gt=0)
+
+
+class ModelSettings(_Section):
+    name: str = "exp-models/dragonkue-KoEn-E5-Tiny"
+    revision: str | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
+    document_prefix: str = "passage: "
+    query_prefix: str = "query: "
+    max_tokens: int = Field(512, gt=8)
+    chunking: ChunkingSettings = ChunkingSettings()
+    text_template: str = "{title}\n{text}"
+    tokenizer_threads: int = Field(2, gt=0)
+    torch_threads: int | None = None
+    # Used when `name` cannot be loaded (e.g. no hub access): the packaged offline model.
+    fallback: str | None = None
+    fallback_document_prefix: str = ""
+    fallback_query_prefix: str = ""
+
+    @field_validator("text_template")
+    @classmethod
+    def _template_fields(cls, v: str) -> str:
+        if "{text}" not in v:
+            raise ValueError("must contain {text}")
+        try:
+            v.format(title="", text="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"only {{title}} and {{text}} may be used: {e}") from None
+        return v
+
+
+class BatchingSettings(_Section):
+    max_batch_tokens: int = Field(16384, gt=0)
+    max_batch_size: int = Field(256, gt=0)
+    max_wait_ms: float = Field(20, ge=0)
+    max_padding: float = Field(0.1, ge=0)
+
+
+class DocumentSettings(_Section):
+    max_id_bytes: int = Field(512, gt=0)
+    max_text_bytes: int = Field(1024 * 1024, gt=0)
+    max_field_bytes: int = Field(8192, gt=0)
+    max_attrs_bytes: int = Field(16384, gt=0)
+    max_attrs_keys: int = Field(64, gt=0)
+
+
+class RedisSettings(_Section):
+    enabled: bool = True
+    url: str = "redis://localhost:6379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    shard_urls: list[str] = []   # shard i lives at shard_urls[i % len]; empty: all at `url`
+    cluster: bool = False         # `url` is a Redis Cluster node
+    key_prefix: str = "news"
+    index: str | None = None      # the vector set name after the prefix; default: the model slug
+    shards: int = Field(1, ge=1, le=1024)
+    quantization: Literal["q8", "noquant", "bin"] = "q8"
+    ef: int = Field(200, gt=0)
+    m: int = Field(16, ge=4)
+    socket_timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0)
+    ssl_ca_certs: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @field_validator("url", "shard_urls")
+    @classmethod
+    def _redis_scheme(cls, v):
+        for url in [v] if isinstance(v, str) else v:
+            if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+                raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {redact_url(url)!r}")
+        return v
+
+
+class ParquetSettings(_Section):
+    enabled: bool = True
+    path: str = "./data/vectors"
+    max_rows_per_file: int = Field(50_000, gt=0)
+    max_seconds: float = Field(60, gt=0)
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class WorkersSettings(_Section):
+    replicas: int = Field(1, ge=1)
+    num_gpus: float = Field(1, ge=0)
+    num_cpus: float = Field(1, ge=0)
+    max_in_flight: int = Field(4096, gt=0)
+    max_restarts: int = Field(-1, ge=-1)
+    drain_timeout_s: float = Field(60, gt=0)
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # prometheus_client port of replica 0 (+index)

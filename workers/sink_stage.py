@@ -1,0 +1,130 @@
+"""The worker's sink thread: ledger -> every sink, in offset order per partition -> durability.
+
+Records taken from the ledger stay here until every sink has them; a sink that raises
+SinkBackpressureError is retried after its `retry_after_s` (the polling thread sees `blocked`
+and pauses the partitions meanwhile). Writing the same records again after a failure is safe:
+Redis upserts, and the Parquet sink skips offsets it already holds. The lock serializes this
+thread with rebalance handling, so no partition is written after it was revoked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from workers.errors import SinkBackpressureError
+from workers.metrics import WorkerMetrics
+from workers.offsets import OffsetLedger
+from workers.sinks.base import TP, Sink, SinkRecord
+
+log = logging.getLogger("embedworker.sinks")
+
+
+class SinkStage:
+    def __init__(self, sinks: list[Sink], ledger: OffsetLedger, metrics: WorkerMetrics):
+        self.sinks = sinks
+        self.ledger = ledger
+        self.metrics = metrics
+        self.lock = threading.Lock()
+        self.pending: list[SinkRecord] = []
+        self.blocked_until = 0.0
+        self.last_error: str | None = None
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sinks", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def blocked(self) -> bool:
+        return time.monotonic() < self.blocked_until
+
+    def stop(self, timeout: float) -> bool:
+        self._stop.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self.step():
+                    self.ledger.wait_for_work(0.05)
+        except BaseException as exc:  # noqa: BLE001 - reported to the polling thread, which stops
+            log.exception("sink thread failed")
+            self.error = exc
+
+    def step(self, force_flush: bool = False) -> bool:
+        """One round: take ready records, write them to every sink, flush what is due, report
+        durability. Returns True if it wrote anything."""
+        with self.lock:
+            if self.blocked and not force_flush:
+                return False
+            if not self.pending:
+                self.pending = [rec for _, _, payload in self.ledger.take_ready(limit=2048) for rec in payload]
+            wrote = bool(self.pending)
+            try:
+                if self.pending:
+                    self._write(self.pending)
+                    self.metrics.written([r.event_time_ms for r in self.pending if r.chunk == 0], time.time())
+                    self.pending = []
+                self._flush(force_flush)
+                self.last_error = None
+            except SinkBackpressureError as exc:
+                self.blocked_until = time.monotonic() + exc.retry_after_s
+                if self.last_error != str(exc):
+                    log.warning("sink backpressure, pausing input: %s", exc)
+                self.last_error = str(exc)
+                wrote = False
+            self.ledger.mark_durable(self.durable())
+            return wrote
+
+    def _write(self, records: list[SinkRecord]) -> None:
+        for sink in self.sinks:
+            t0 = time.perf_counter()
+            sink.write(records)
+            self.metrics.sink_write(sink.name, len(records), time.perf_counter() - t0)
+
+    def _flush(self, force: bool) -> None:
+        now = time.time()
+        for sink in self.sinks:
+            t0 = time.perf_counter()
+            sink.flush(now, force=force)
+            self.metrics.sink_write(sink.name, 0, time.perf_counter() - t0)
+
+    def durable(self) -> dict[TP, int]:
+        """Per partition, the lowest durable offset over all sinks."""
+        merged: dict[TP, int] = {}
+        for i, sink in enumerate(self.sinks):
+            offsets = sink.durable_offsets()
+            keys = set(offsets) if i == 0 else set(merged) & set(offsets)
+            merged = {tp: min(offsets[tp], merged.get(tp, offsets[tp])) for tp in keys}
+        return merged
+
+    def assign(self, partitions: list[TP]) -> None:
+        with self.lock:
+            for sink in self.sinks:
+                sink.assign(partitions)
+
+    def revoke(self, partitions: list[TP]) -> None:
+        """Flush these partitions' buffered data, report what is durable to the ledger, then
+        forget them (called inside poll, on a rebalance). Records not yet written are dropped:
+        they are not committed, so the partitions' next owner reads them again."""
+        with self.lock:
+            gone = set(partitions)
+            self.pending = [r for r in self.pending if r.tp not in gone]
+            merged: dict[TP, int] = {}
+            for i, sink in enumerate(self.sinks):
+                offsets = sink.revoke(partitions)
+                keys = set(offsets) if i == 0 else set(merged) & set(offsets)
+                merged = {tp: min(offsets[tp], merged.get(tp, offsets[tp])) for tp in keys}
+            self.ledger.mark_durable(merged)
+
+    def close(self) -> None:
+        with self.lock:
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except Exception as exc:  # noqa: BLE001 - closing is best effort
+                    log.warning("closing sink %s: %s", sink.name, exc)

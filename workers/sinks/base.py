@@ -1,0 +1,71 @@
+"""What every sink gets and promises.
+
+A sink receives `SinkRecord`s in offset order per (topic, partition) from one thread. It
+reports, per partition, the offset through which everything it was given is durable; the
+worker commits nothing past the lowest of those over all sinks. A sink that cannot take data
+right now raises `SinkBackpressureError` (the caller keeps the records and retries later); one
+that will never work (bad credentials, wrong dimension) raises `SinkError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class SinkRecord:
+    """One vector (or one deletion) with its metadata and where it came from."""
+
+    id: str
+    op: str                            # "upsert" or "delete"
+    topic: str
+    partition: int
+    offset: int
+    vector: np.ndarray | None = None   # float32 (dim,), L2-normalized; None for deletes
+    chunk: int = 0
+    chunks: int = 1
+    chunked: bool = False              # element names carry '#chunk' (chunking enabled)
+    title: str | None = None
+    url: str | None = None
+    source: str | None = None
+    lang: str | None = None
+    published_at: datetime | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    event_time_ms: int | None = None   # the record's Kafka timestamp
+    ingested_at: datetime | None = None
+
+    @property
+    def tp(self) -> TP:
+        return (self.topic, self.partition)
+
+
+class Sink(Protocol):
+    name: str
+
+    def setup(self) -> None:
+        """Open connections; called once in the actor before the first write. Raises SinkError."""
+
+    def assign(self, partitions: list[TP]) -> None:
+        """Partitions this worker now owns (called on every assignment, before their records)."""
+
+    def write(self, records: list[SinkRecord]) -> None:
+        """Take records (offset order per partition). Raises SinkBackpressureError or SinkError."""
+
+    def flush(self, now: float, force: bool = False) -> None:
+        """Make buffered data durable if due (or always with `force`). Raises SinkBackpressureError."""
+
+    def durable_offsets(self) -> dict[TP, int]:
+        """Per partition, the offset through which all records given so far are durable."""
+
+    def revoke(self, partitions: list[TP]) -> dict[TP, int]:
+        """Flush (best effort) and forget partitions this worker no longer owns; returns their
+        durable offsets as they were just before forgetting them."""
+
+    def close(self) -> None:
+        """Flush what can be flushed and release connections; called once at shutdown."""

@@ -1,0 +1,251 @@
+"""Parquet files: rolling, Hive-partitioned by day, one source partition's contiguous offsets per file.
+
+    {path}/dt=2026-11-27/{topic}-p{partition:05d}-o{first:019d}-{last:019d}.parquet
+
+A file is written to a temporary name, fsynced and renamed (object stores: written in one
+go, which is atomic there), so a reader never sees half a file. Records arrive in offset order
+per partition and a file holds one partition's run of offsets, so the highest `last` in the
+folder is everything this partition has in Parquet, whichever worker wrote it: on assignment
+the sink reads it from the file names and skips what it already holds. Nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from workers.errors import SinkBackpressureError, SinkError
+from workers.settings import ParquetSettings
+from workers.sinks.base import TP, SinkRecord
+
+FILE_NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-o(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+SCHEMA_VERSION = "1"
+
+
+def parquet_schema(dim: int) -> pa.Schema:
+    ts = pa.timestamp("us", tz="UTC")
+    return pa.schema([
+        ("id", pa.string()), ("chunk", pa.int32()), ("embedding", pa.list_(pa.float32(), dim)),
+        ("model", pa.string()), ("title", pa.string()), ("url", pa.string()), ("source", pa.string()),
+        ("lang", pa.string()), ("published_at", ts), ("op", pa.string()), ("attrs", pa.string()),
+        ("kafka_topic", pa.string()), ("kafka_partition", pa.int32()), ("kafka_offset", pa.int64()),
+        ("ingested_at", ts),
+    ])
+
+
+def file_name(topic: str, partition: int, first: int, last: int) -> str:
+    return f"{topic}-p{partition:05d}-o{first:019d}-{last:019d}.parquet"
+
+
+def open_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the root inside it, for a local path or a URI (s3://, gs://, ...)."""
+    if "://" in path and not path.startswith("file://"):
+        return pafs.FileSystem.from_uri(path)
+    local = os.path.abspath(path.removeprefix("file://"))
+    return pafs.LocalFileSystem(), local
+
+
+def list_files(fs: pafs.FileSystem, root: str) -> list[tuple[str, re.Match]]:
+    """(path, name match) of every finished file under `root` (temporary files are skipped)."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except OSError as exc:
+        raise SinkBackpressureError(f"cannot list Parquet folder {root}: {exc}") from None
+    out = []
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            m = FILE_NAME.match(info.base_name)
+            if m and not info.base_name.startswith("."):
+                out.append((info.path, m))
+    return out
+
+
+@dataclass
+class _Buffer:
+    rows: list[SinkRecord] = field(default_factory=list)
+    opened_at: float = 0.0
+    first: int = -1
+    last: int = -1
+
+
+class ParquetSink:
+    name = "parquet"
+
+    def __init__(self, settings: ParquetSettings, model_id: str, model_revision: str | None, dim: int,
+                 document_prefix: str):
+        self.settings = settings
+        self.model_id = model_id
+        self.dim = dim
+        self.schema = parquet_schema(dim).with_metadata({
+            "embedworker.schema_version": SCHEMA_VERSION, "embedworker.model": model_id,
+            "embedworker.model_revision": model_revision or "", "embedworker.dim": str(dim),
+            "embedworker.document_prefix": document_prefix, "embedworker.normalization": "l2",
+        })
+        self._fs: pafs.FileSystem | None = None
+        self._root = ""
+        self._local = True
+        self._held: dict[TP, int] = {}     # highest offset already in Parquet, per partition
+        self._given: dict[TP, int] = {}    # highest offset handed to this sink
+        self._buffers: dict[TP, _Buffer] = {}
+        self.files_written = 0
+        self.rows_written = 0
+
+    def setup(self) -> None:
+        self._fs, self._root = open_filesystem(self.settings.path)
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        try:
+            self._fs.create_dir(self._root, recursive=True)
+        except OSError as exc:
+            raise SinkError(f"cannot create Parquet folder {self._root}: {exc}") from None
+
+    def assign(self, partitions: list[TP]) -> None:
+        """Start these partitions afresh and read what the folder already holds for them
+        (whoever wrote it). If the folder cannot be read now, that is retried before the
+        partition's first file is written."""
+        for tp in partitions:
+            for table in (self._held, self._given, self._buffers):
+                table.pop(tp, None)
+        try:
+            self._read_held(partitions)
+        except SinkBackpressureError:
+            pass
+
+    def _read_held(self, partitions: list[TP]) -> None:
+        wanted = set(partitions)
+        held = {tp: -1 for tp in partitions}
+        for _, m in list_files(self._fs, self._root):
+            tp = (m["topic"], int(m["partition"]))
+            if tp in wanted:
+                held[tp] = max(held[tp], int(m["last"]))
+        self._held.update(held)
+
+    def held_offsets(self) -> dict[TP, int]:
+        return dict(self._held)
+
+    def write(self, records: list[SinkRecord], now: float | None = None) -> None:
+        """Buffer records in memory (never fails); files are written by flush()."""
+        now = now if now is not None else datetime.now().timestamp()
+        for rec in records:
+            tp = rec.tp
+            if rec.offset < self._given.get(tp, -1):
+                continue  # handed over again: already taken
+            self._given[tp] = rec.offset
+            if rec.offset <= self._held.get(tp, -1):
+                continue  # already in a Parquet file: never written twice
+            buf = self._buffers.get(tp)
+            if buf is None:
+                buf = self._buffers[tp] = _Buffer(opened_at=now, first=rec.offset)
+            buf.rows.append(rec)
+            buf.last = rec.offset
+
+    def flush(self, now: float, force: bool = False) -> None:
+        """Write every buffer that is full, older than max_seconds, or all with `force`."""
+        for tp, buf in list(self._buffers.items()):
+            if force or len(buf.rows) >= self.settings.max_rows_per_file or now - buf.opened_at >= self.settings.max_seconds:
+                self._write_file(tp)
+
+    def durable_offsets(self) -> dict[TP, int]:
+        out = {}
+        for tp, given in self._given.items():
+            buf = self._buffers.get(tp)
+            out[tp] = given if buf is None else buf.first - 1
+        return out
+
+    def revoke(self, partitions: list[TP]) -> dict[TP, int]:
+        for tp in partitions:
+            try:
+                if tp in self._buffers:
+                    self._write_file(tp)
+            except SinkBackpressureError:
+                pass  # not durable, not committed: the next owner reads these records again
+        durable = {tp: off for tp, off in self.durable_offsets().items() if tp in set(partitions)}
+        for tp in partitions:
+            for table in (self._held, self._given, self._buffers):
+                table.pop(tp, None)
+        return durable
+
+    def close(self) -> None:
+        self.flush(0.0, force=True)
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def _write_file(self, tp: TP) -> None:
+        buf = self._buffers[tp]
+        if tp not in self._held:
+            self._read_held([tp])  # the folder was unreadable at assignment
+            buf.rows = [r for r in buf.rows if r.offset > self._held[tp]]
+            if not buf.rows:
+                del self._buffers[tp]
+                return
+        rows = buf.rows
+        topic, partition = tp
+        first, last = rows[0].offset, buf.last
+        day = (rows[0].ingested_at or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")
+        folder = f"{self._root}/dt={day}"
+        final = f"{folder}/{file_name(topic, partition, first, last)}"
+        table = self._table(rows)
+        try:
+            self._fs.create_dir(folder, recursive=True)
+            if self._local:
+                self._write_local(table, folder, final)
+            else:
+                with self._fs.open_output_stream(final) as out:
+                    pq.write_table(table, out, compression=self.settings.compression)
+        except OSError as exc:
+            raise SinkBackpressureError(f"cannot write Parquet file {final}: {exc}", retry_after_s=2.0) from None
+        del self._buffers[tp]
+        self._held[tp] = last
+        self.files_written += 1
+        self.rows_written += len(rows)
+
+    def _write_local(self, table: pa.Table, folder: str, final: str) -> None:
+        tmp = f"{folder}/.{os.path.basename(final)}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            pq.write_table(table, tmp, compression=self.settings.compression)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def _table(self, rows: list[SinkRecord]) -> pa.Table:
+        now = datetime.now(timezone.utc)
+        missing = [r.vector is None for r in rows]
+        zeros = np.zeros(self.dim, dtype=np.float32)
+        flat = np.concatenate([zeros if r.vector is None else np.asarray(r.vector, dtype=np.float32) for r in rows])
+        embeddings = pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim,
+                                                       mask=pa.array(missing) if any(missing) else None)
+        columns = {
+            "id": [r.id for r in rows],
+            "chunk": [r.chunk for r in rows],
+            "embedding": embeddings,
+            "model": [self.model_id] * len(rows),
+            "title": [r.title for r in rows], "url": [r.url for r in rows],
+            "source": [r.source for r in rows], "lang": [r.lang for r in rows],
+            "published_at": [r.published_at for r in rows],
+            "op": [r.op for r in rows],
+            "attrs": [json.dumps(r.attrs, ensure_ascii=False) if r.attrs else None for r in rows],
+            "kafka_topic": [r.topic for r in rows], "kafka_partition": [r.partition for r in rows],
+            "kafka_offset": [r.offset for r in rows],
+            "ingested_at": [r.ingested_at or now for r in rows],
+        }
+        return pa.Table.from_pydict(columns, schema=self.schema)

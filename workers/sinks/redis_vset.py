@@ -1,0 +1,231 @@
+"""Redis vector sets (Redis >= 8: VADD, VREM, VSIM): one element per document id (or chunk).
+
+Key `{prefix}:{index}` (index defaults to the model slug), split into S shard keys
+`{prefix}:{index}:{i}` by a stable hash of the id when S > 1, so that several Redis processes
+or Redis Cluster nodes share the inserts (one vector set takes only a few thousand VADD/s).
+Writes are pipelined without MULTI (a transaction would stop VADD from using threads).
+VADD upserts, so writing a record twice is harmless: the sink is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import redis
+from redis.exceptions import (AuthenticationError, BusyLoadingError, ConnectionError, NoPermissionError,
+                              ReadOnlyError, ResponseError, TimeoutError)
+
+from workers.errors import SinkBackpressureError, SinkError
+from workers.settings import RedisSettings, read_secret, redact_url
+from workers.sinks.base import TP, SinkRecord
+
+TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSError)
+RESERVED_ATTRS = ("id", "chunk", "chunks", "title", "url", "source", "lang", "published_at", "model")
+
+
+class VectorSetIndex:
+    """Names of an index's keys and elements; shared by the sink, search and status."""
+
+    def __init__(self, key_prefix: str, index: str, shards: int):
+        self.base = f"{key_prefix}:{index}"
+        self.shards = shards
+        self.meta_key = f"{self.base}:meta"
+
+    def shard_keys(self) -> list[str]:
+        return [self.base] if self.shards == 1 else [f"{self.base}:{i}" for i in range(self.shards)]
+
+    def shard_of(self, doc_id: str) -> int:
+        return zlib.crc32(doc_id.encode("utf-8")) % self.shards
+
+    def key_for(self, doc_id: str) -> str:
+        return self.shard_keys()[self.shard_of(doc_id)]
+
+    @staticmethod
+    def element(doc_id: str, chunk: int, chunked: bool) -> str:
+        return f"{doc_id}#{chunk}" if chunked else doc_id
+
+
+def connect(settings: RedisSettings, url: str):
+    """A client for `url` with the configured credentials and TLS; raises nothing until used."""
+    kwargs: dict[str, Any] = {"socket_timeout": settings.socket_timeout_s,
+                              "socket_connect_timeout": settings.socket_timeout_s}
+    password = read_secret(settings.password, settings.password_file)
+    if settings.username:
+        kwargs["username"] = settings.username
+    if password is not None:
+        kwargs["password"] = password
+    if url.startswith("rediss://"):
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            if getattr(settings, name) is not None:
+                kwargs[name] = str(getattr(settings, name))
+    if settings.cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def explain_redis_error(exc: Exception, url: str, settings: RedisSettings) -> SinkError | None:
+    """A SinkError naming the problem for failures that retrying will not fix, else None."""
+    who = f"user {settings.username!r}" if settings.username else "the default user"
+    where = redact_url(url)
+    if isinstance(exc, AuthenticationError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
+        return SinkError(f"Redis at {where} rejected the credentials of {who} ({exc}); check redis.username and "
+                         "redis.password / redis.password_file")
+    if isinstance(exc, NoPermissionError) or "NOPERM" in str(exc):
+        return SinkError(f"Redis at {where}: {who} lacks a permission the sink needs ({exc}); it needs VADD, VREM, "
+                         "VGETATTR, VCARD, VDIM, VSIM, HSET, HGETALL on keys under redis.key_prefix")
+    return None
+
+
+class RedisVectorSetSink:
+    name = "redis"
+
+    def __init__(self, settings: RedisSettings, model_slug: str, model_id: str, dim: int):
+        self.settings = settings
+        self.model_slug = model_slug
+        self.model_id = model_id
+        self.dim = dim
+        self.index = VectorSetIndex(settings.key_prefix, settings.index or model_slug, settings.shards)
+        self._clients: list = []
+        self._durable: dict[TP, int] = {}
+        self.written = 0
+        self.deleted = 0
+
+    def _url_of(self, shard: int) -> str:
+        urls = self.settings.shard_urls or [self.settings.url]
+        return urls[shard % len(urls)]
+
+    def setup(self) -> None:
+        """Connect to every shard's server, check vector sets work, record the index metadata."""
+        by_url: dict[str, Any] = {}
+        for shard in range(self.index.shards):
+            url = self._url_of(shard)
+            if url not in by_url:
+                by_url[url] = connect(self.settings, url)
+            self._clients.append(by_url[url])
+        for url, client in by_url.items():
+            self._call(url, lambda c=client: self._check_server(c, url))
+        meta = {"model": self.model_id, "model_slug": self.model_slug, "dim": self.dim, "shards": self.index.shards,
+                "quantization": self.settings.quantization}
+        client = self._clients[0]
+        existing = self._call(self._url_of(0), lambda: client.hgetall(self.index.meta_key))
+        existing = {k.decode(): v.decode() for k, v in existing.items()}
+        for field in ("dim", "shards"):
+            if field in existing and existing[field] != str(meta[field]):
+                raise SinkError(f"vector set {self.index.base} was created with {field}={existing[field]}, but this "
+                                f"worker has {field}={meta[field]}; use a new redis.index (or --target) for a new layout")
+        self._call(self._url_of(0), lambda: client.hset(self.index.meta_key, mapping={k: str(v) for k, v in meta.items()}))
+
+    @staticmethod
+    def _check_server(client, url: str) -> None:
+        version = client.info("server").get("redis_version", "0")
+        if int(str(version).split(".")[0]) < 8:
+            raise SinkError(f"Redis at {redact_url(url)} is version {version}; vector sets need Redis 8 or newer")
+
+    def assign(self, partitions: list[TP]) -> None:
+        pass
+
+    def write(self, records: list[SinkRecord]) -> None:
+        if not records:
+            return
+        by_shard: dict[int, list[SinkRecord]] = {}
+        for rec in records:
+            by_shard.setdefault(self.index.shard_of(rec.id), []).append(rec)
+        for shard, recs in by_shard.items():
+            self._call(self._url_of(shard), lambda s=shard, r=recs: self._write_shard(s, r))
+        for rec in records:
+            self._durable[rec.tp] = max(self._durable.get(rec.tp, -1), rec.offset)
+
+    def _write_shard(self, shard: int, records: list[SinkRecord]) -> None:
+        client, key = self._clients[shard], self.index.shard_keys()[shard]
+        chunks_now = self._stored_chunk_counts(client, key, records)  # kept current through the batch
+        pipe = client.pipeline(transaction=False)
+        quant = self.settings.quantization.upper()
+        for rec in records:
+            if rec.op == "delete":
+                pipe.execute_command("VREM", key, rec.id)
+                for k in range(chunks_now.get(rec.id, 0)):
+                    pipe.execute_command("VREM", key, f"{rec.id}#{k}")
+                chunks_now[rec.id] = 0
+                continue
+            element = VectorSetIndex.element(rec.id, rec.chunk, rec.chunked)
+            blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
+            pipe.execute_command("VADD", key, "FP32", blob, element, quant, "EF", self.settings.ef,
+                                 "SETATTR", self._attributes(rec), "M", self.settings.m)
+            if rec.chunked and rec.chunk == rec.chunks - 1:
+                for k in range(rec.chunks, chunks_now.get(rec.id, 0)):  # the document got shorter
+                    pipe.execute_command("VREM", key, f"{rec.id}#{k}")
+                chunks_now[rec.id] = rec.chunks
+        results = pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        self.written += sum(1 for r in records if r.op != "delete")
+        self.deleted += sum(1 for r in records if r.op == "delete")
+
+    def _stored_chunk_counts(self, client, key: str, records: list[SinkRecord]) -> dict[str, int]:
+        """How many chunks each chunked document has now (read before overwriting or deleting)."""
+        ids = sorted({r.id for r in records if r.op == "delete" or (r.chunked and r.chunk == 0)})
+        if not ids:
+            return {}
+        pipe = client.pipeline(transaction=False)
+        for doc_id in ids:
+            pipe.execute_command("VGETATTR", key, f"{doc_id}#0")
+        counts = {}
+        for doc_id, raw in zip(ids, pipe.execute(raise_on_error=False)):
+            if isinstance(raw, (bytes, str)):
+                try:
+                    counts[doc_id] = int(json.loads(raw).get("chunks", 1))
+                except (ValueError, AttributeError):
+                    counts[doc_id] = 1
+            elif isinstance(raw, Exception) and not isinstance(raw, ResponseError):
+                raise raw
+        return counts
+
+    def _attributes(self, rec: SinkRecord) -> str:
+        attrs = {k: v for k, v in rec.attrs.items() if k not in RESERVED_ATTRS and v is not None}
+        attrs.update(id=rec.id, chunk=rec.chunk, chunks=rec.chunks, model=self.model_slug)
+        for name in ("title", "url", "source", "lang"):
+            if getattr(rec, name):
+                attrs[name] = getattr(rec, name)
+        if isinstance(rec.published_at, datetime):
+            attrs["published_at"] = int(rec.published_at.timestamp())
+        return json.dumps(attrs, ensure_ascii=False)
+
+    def _call(self, url: str, fn):
+        """Run `fn` with retries on connection trouble; typed errors for the rest."""
+        delay = 0.2
+        for attempt in range(self.settings.retries + 1):
+            try:
+                return fn()
+            except TRANSIENT as exc:
+                if attempt == self.settings.retries:
+                    raise SinkBackpressureError(f"Redis at {redact_url(url)} is unavailable: {exc}",
+                                                retry_after_s=1.0) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except redis.RedisError as exc:
+                raise (explain_redis_error(exc, url, self.settings)
+                       or SinkError(f"Redis at {redact_url(url)} refused a write: {exc}")) from None
+
+    def flush(self, now: float, force: bool = False) -> None:
+        pass  # every write is acknowledged by Redis before write() returns
+
+    def durable_offsets(self) -> dict[TP, int]:
+        return dict(self._durable)
+
+    def revoke(self, partitions: list[TP]) -> dict[TP, int]:
+        return {tp: self._durable.pop(tp) for tp in partitions if tp in self._durable}
+
+    def close(self) -> None:
+        for client in {id(c): c for c in self._clients}.values():
+            try:
+                client.close()
+            except redis.RedisError:
+                pass

@@ -1,0 +1,123 @@
+"""Texts to token ids: prefixes, truncation, chunking and pre-cutting of very long texts.
+
+Works on the Rust `tokenizers.Tokenizer` behind a Hugging Face fast tokenizer, which releases
+the GIL, so several threads tokenize in parallel. Imports neither ray, kafka nor redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokenizers import Tokenizer
+
+from workers.errors import EncoderConfigError
+
+# A token of these tokenizers rarely spans more than a few characters: a 512-token window
+# needs far fewer than 8 characters a token. Texts longer than that are cut before tokenizing,
+# and checked afterwards (see `_tokenize_truncated`), so a 1 MiB article costs what 4 KiB do.
+CHARS_PER_TOKEN_BOUND = 8
+CUT_MARGIN_CHARS = 128
+
+
+@dataclass
+class TokenizedTexts:
+    """Token ids of one call, one entry per chunk (one chunk per text unless chunking)."""
+
+    ids: list[list[int]] = field(default_factory=list)
+    doc: list[int] = field(default_factory=list)    # index of the source text
+    chunk: list[int] = field(default_factory=list)  # 0, 1, ... within the text
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TextTokenizer:
+    """Tokenizes texts for one model. Cheap to call from several threads at once."""
+
+    def __init__(self, backend: Tokenizer, max_tokens: int, lower_case: bool = False,
+                 chunking: bool = False, chunk_overlap: int = 64, max_chunks: int = 32):
+        self.max_tokens = max_tokens
+        self.lower_case = lower_case
+        self.chunking = chunking
+        self.max_chunks = max_chunks
+        self._truncating = Tokenizer.from_str(backend.to_str())
+        self._truncating.no_padding()
+        self._truncating.enable_truncation(max_tokens)
+        self._plain = Tokenizer.from_str(backend.to_str())
+        self._plain.no_padding()
+        self._plain.no_truncation()
+        self.num_special = self._plain.post_processor.num_special_tokens_to_add(False) \
+            if self._plain.post_processor is not None else 0
+        # Content tokens per chunk: room for the special tokens, the prefix (measured per call)
+        # and a few tokens of slack, because a chunk's text is tokenized again with its prefix.
+        self.chunk_overlap = chunk_overlap
+        if chunking and not 0 <= chunk_overlap < max_tokens // 2:
+            raise EncoderConfigError(
+                f"model.chunking.overlap must be between 0 and {max_tokens // 2 - 1} (max_tokens/2); got {chunk_overlap}")
+
+    def tokenize(self, texts: list[str], prefix: str = "", chunked: bool | None = None) -> TokenizedTexts:
+        """Token ids for `prefix + text` of every text; called once per batch of incoming texts.
+        `chunked`: None follows the chunking setting, False truncates whatever the setting."""
+        if self.lower_case:
+            prefix, texts = prefix.lower(), [t.lower() for t in texts]
+        if not (self.chunking if chunked is None else chunked):
+            out = TokenizedTexts()
+            out.ids = self._tokenize_truncated([prefix + t for t in texts])
+            out.doc = list(range(len(texts)))
+            out.chunk = [0] * len(texts)
+            return out
+        return self._tokenize_chunked(texts, prefix)
+
+    def _tokenize_truncated(self, full_texts: list[str]) -> list[list[int]]:
+        cut_at = self.max_tokens * CHARS_PER_TOKEN_BOUND + CUT_MARGIN_CHARS
+        inputs = [t if len(t) <= cut_at else t[:cut_at] for t in full_texts]
+        encodings = self._truncating.encode_batch_fast(inputs)
+        ids = [e.ids for e in encodings]
+        cut = [i for i, t in enumerate(full_texts) if len(t) > cut_at]
+        if cut:
+            # A cut text is safe when its truncated tokens end well before the cut; otherwise
+            # (very long tokens) it is tokenized whole.
+            with_offsets = self._truncating.encode_batch([inputs[i] for i in cut])
+            redo = [i for i, enc in zip(cut, with_offsets) if not _ends_before(enc, cut_at - CUT_MARGIN_CHARS)]
+            if redo:
+                for i, enc in zip(redo, self._truncating.encode_batch_fast([full_texts[i] for i in redo])):
+                    ids[i] = enc.ids
+        return ids
+
+    def _tokenize_chunked(self, texts: list[str], prefix: str) -> TokenizedTexts:
+        prefix_len = len(self._plain.encode(prefix, add_special_tokens=False).ids) if prefix else 0
+        window = self.max_tokens - self.num_special - prefix_len - 4
+        stride = window - self.chunk_overlap
+        if stride <= 0:
+            raise EncoderConfigError(
+                f"model.chunking.overlap {self.chunk_overlap} leaves no room in a {self.max_tokens}-token window")
+        limit = (window + stride * (self.max_chunks - 1)) * CHARS_PER_TOKEN_BOUND + CUT_MARGIN_CHARS
+        bare = self._plain.encode_batch([t[:limit] for t in texts], add_special_tokens=False)
+        out = TokenizedTexts()
+        chunk_texts: list[str] = []
+        for doc, (text, enc) in enumerate(zip(texts, bare)):
+            offsets = enc.offsets
+            if len(offsets) <= window:
+                spans = [(0, len(text))]
+            else:
+                spans = []
+                for start in range(0, len(offsets), stride):
+                    end = min(start + window, len(offsets))
+                    spans.append((offsets[start][0], offsets[end - 1][1]))
+                    if end == len(offsets) or len(spans) == self.max_chunks:
+                        break
+            for number, (a, b) in enumerate(spans):
+                chunk_texts.append(prefix + text[a:b])
+                out.doc.append(doc)
+                out.chunk.append(number)
+        out.ids = self._tokenize_truncated(chunk_texts)
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` with special tokens, untruncated; for reports and tests."""
+        return len(self._plain.encode(text).ids)
+
+
+def _ends_before(encoding, char_limit: int) -> bool:
+    ends = [end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+    return bool(ends) and max(ends) <= char_limit

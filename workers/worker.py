@@ -1,0 +1,261 @@
+"""EmbeddingWorker: what runs inside one Ray actor (or any process).
+
+    poll -> validate --bad--> dead-letter topic
+         -> tokenize (pool) -> token-budget batches -> encode (encode thread)
+         -> Redis vector sets + Parquet, offset order per partition (sink thread)
+         -> commit only offsets every sink holds durably (this thread)
+
+The constructor only stores settings (cheap, picklable: Ray ships it); `setup()` loads the model
+and opens connections. `run()` loops until `stop()` is called, then drains: stops polling,
+finishes in-flight batches, flushes the sinks, commits, closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+from workers import logs
+from workers.dead_letters import DeadLetterPublisher
+from workers.documents import DocumentLimits, Rejection, RecordOrigin, parse_record
+from workers.encode_stage import EncodeStage, sink_records
+from workers.encoder import Encoder
+from workers.errors import EmbedworkerError
+from workers.kafka_source import KafkaSource
+from workers.metrics import WorkerMetrics
+from workers.model_files import model_slug
+from workers.offsets import DELETE, DOC, REJECT, OffsetLedger
+from workers.settings import (BatchingSettings, DocumentSettings, KafkaSettings, ModelSettings, ParquetSettings,
+                              RedisSettings, WorkersSettings)
+from workers.sink_stage import SinkStage
+from workers.sinks.parquet import ParquetSink
+from workers.sinks.redis_vset import RedisVectorSetSink
+
+log = logging.getLogger("embedworker.worker")
+DLQ_RESEND_AFTER_S = 30.0
+
+
+class EmbeddingWorker:
+    def __init__(self, kafka: KafkaSettings, model: ModelSettings, batching: BatchingSettings,
+                 documents: DocumentSettings, redis: RedisSettings, parquet: ParquetSettings,
+                 workers: WorkersSettings, replica: int = 0):
+        self.kafka_settings, self.model_settings, self.batching = kafka, model, batching
+        self.limits = DocumentLimits(max_record_bytes=kafka.max_message_bytes, **documents.model_dump())
+        self.redis_settings, self.parquet_settings, self.workers_settings = redis, parquet, workers
+        self.replica = replica
+        self._stop = threading.Event()
+        self._ready = False
+        self._state = "created"
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Load the model, open the sinks, the DLQ producer and the consumer. Raises
+        ModelNotFoundError, SinkError, SourceError (all EmbedworkerError) with the reason."""
+        logs.configure()  # level and format come from the environment the supervisor set
+        for secret in (self.redis_settings.password, self.kafka_settings.security.sasl_password):
+            if secret is not None:
+                logs.register_secret(secret.get_secret_value())
+        m = self.model_settings
+        self._state = "loading model"
+        self.encoder = Encoder.load(
+            m.name, device=m.device, dtype=m.dtype, revision=m.revision, document_prefix=m.document_prefix,
+            query_prefix=m.query_prefix, max_tokens=m.max_tokens, chunking=m.chunking.enabled,
+            chunk_overlap=m.chunking.overlap, max_chunks=m.chunking.max_chunks,
+            max_batch_tokens=self.batching.max_batch_tokens, max_batch_size=self.batching.max_batch_size,
+            tokenizer_threads=m.tokenizer_threads, torch_threads=m.torch_threads)
+        self.metrics = WorkerMetrics(self.replica)
+        if self.workers_settings.metrics_port is not None:
+            self.metrics.serve(self.workers_settings.metrics_port + self.replica)
+        self.ledger = OffsetLedger()
+        sinks = []
+        if self.redis_settings.enabled:
+            sinks.append(RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim))
+        if self.parquet_settings.enabled:
+            sinks.append(ParquetSink(self.parquet_settings, m.name, self.encoder.revision, self.encoder.dim,
+                                     m.document_prefix))
+        if not sinks:
+            raise EmbedworkerError("redis.enabled and parquet.enabled are both false: nothing to write to")
+        self._state = "connecting"
+        for sink in sinks:
+            sink.setup()
+        self.sink_stage = SinkStage(sinks, self.ledger, self.metrics)
+        self.encode_stage = EncodeStage(self.encoder, self.ledger, self.metrics, self.batching.max_wait_ms,
+                                        self.batching.max_padding, m.chunking.enabled)
+        self.dlq = DeadLetterPublisher(self.kafka_settings)
+        self.dlq.setup()
+        self._unacked: dict[tuple[str, int, int], tuple[Rejection, float]] = {}
+        self._unacked_lock = threading.Lock()
+        self.source = KafkaSource(self.kafka_settings)
+        self.source.setup(self._on_assigned, self._on_revoked)
+        self.encode_stage.start()
+        self.sink_stage.start()
+        self._ready = True
+        self._state = "running"
+
+    def run(self) -> dict:
+        """Consume until stop(); then drain and return the final stats. Raises on fatal errors
+        (a failed thread, a sink or source error) after closing what it can."""
+        if not self._ready:
+            self.setup()
+        last_commit = last_lag = last_resend = 0.0
+        commit_every = self.kafka_settings.commit_interval_ms / 1000.0
+        try:
+            while not self._stop.is_set():
+                self._raise_thread_errors()
+                self._apply_backpressure()
+                records = self.source.poll(timeout_ms=50, max_records=self.kafka_settings.max_poll_records)
+                if records:
+                    self._accept(records)
+                now = time.monotonic()
+                if now - last_commit >= commit_every:
+                    self._commit()
+                    last_commit = now
+                if now - last_lag >= 5.0:
+                    self.metrics.lag(self.source.lag())
+                    self._record_gpu_memory()
+                    last_lag = now
+                if now - last_resend >= 5.0:
+                    self._resend_unacked()
+                    last_resend = now
+            return self._drain()
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        """Ask run() to drain and return (thread-safe; called from the supervisor)."""
+        self._stop.set()
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def stats(self) -> dict:
+        out = {"replica": self.replica, "state": self._state}
+        if self._ready:
+            out.update(self.metrics.snapshot())
+            out.update(in_flight=self.ledger.unreleased(), pending_commit=self.ledger.pending(),
+                       paused=self.source.paused, sink_error=self.sink_stage.last_error,
+                       partitions=[f"{t}:{p}" for t, p in self.ledger.partitions()])
+        return out
+
+    # ---- the polling thread ---------------------------------------------------------------------
+
+    def _accept(self, records: list) -> None:
+        docs = []
+        now = datetime.now(timezone.utc)
+        self.metrics.consumed(self.kafka_settings.topic, len(records))
+        for rec in records:
+            origin = RecordOrigin(rec.topic, rec.partition, rec.offset, rec.key, rec.timestamp,
+                                  tuple((k, v) for k, v in (rec.headers or [])))
+            tp = (rec.topic, rec.partition)
+            result = parse_record(rec.value, origin, self.limits)
+            if isinstance(result, Rejection):
+                self.ledger.add(tp, rec.offset, REJECT)
+                self.metrics.rejected(result.code)
+                self._publish_rejection(result)
+            elif result.op == "delete":
+                self.ledger.add(tp, rec.offset, DELETE, sink_records(result, None, self.model_settings.chunking.enabled, now))
+                self.metrics.deleted()
+            else:
+                self.ledger.add(tp, rec.offset, DOC)
+                docs.append(result)
+        if docs:
+            self.encode_stage.submit(docs, self.model_settings.text_template)
+        self.metrics.in_flight.set(self.ledger.unreleased())
+
+    def _publish_rejection(self, rej: Rejection) -> None:
+        o = rej.origin
+        key = (o.topic, o.partition, o.offset)
+        with self._unacked_lock:
+            self._unacked[key] = (rej, time.monotonic())
+
+        def acked():
+            with self._unacked_lock:
+                self._unacked.pop(key, None)
+            self.ledger.ack_reject((o.topic, o.partition), o.offset)
+
+        self.dlq.publish(rej, acked)
+
+    def _resend_unacked(self) -> None:
+        now = time.monotonic()
+        with self._unacked_lock:
+            stale = [rej for rej, sent in self._unacked.values() if now - sent > DLQ_RESEND_AFTER_S]
+        for rej in stale:
+            log.warning("re-sending unacknowledged DLQ record %s:%s:%s", rej.origin.topic, rej.origin.partition,
+                        rej.origin.offset)
+            self._publish_rejection(rej)
+
+    def _apply_backpressure(self) -> None:
+        full = self.ledger.unreleased() >= self.workers_settings.max_in_flight
+        should_pause = full or self.sink_stage.blocked
+        if should_pause and not self.source.paused:
+            self.source.pause()
+        elif not should_pause and self.source.paused:
+            self.source.resume()
+        self.metrics.paused.set(1 if self.source.paused else 0)
+
+    def _commit(self) -> None:
+        offsets = self.ledger.committable()
+        if offsets and self.source.commit(offsets):
+            self.metrics.committed(offsets)
+
+    def _on_assigned(self, partitions) -> None:
+        log.info("replica %s assigned %s", self.replica, partitions)
+        self.sink_stage.assign(partitions)
+
+    def _on_revoked(self, partitions) -> None:
+        """Inside poll: flush what is done for these partitions and commit it before they go."""
+        log.info("replica %s revoked %s", self.replica, partitions)
+        self.sink_stage.revoke(partitions)
+        offsets = {tp: off for tp, off in self.ledger.committable().items() if tp in set(partitions)}
+        if offsets and self.source.commit(offsets):
+            self.metrics.committed(offsets)
+        self.ledger.drop(partitions)
+
+    def _raise_thread_errors(self) -> None:
+        for stage in (self.encode_stage, self.sink_stage):
+            if stage.error is not None:
+                raise stage.error
+
+    def _record_gpu_memory(self) -> None:
+        if self.encoder.device.type == "cuda":
+            import torch
+
+            self.metrics.gpu_memory.set(torch.cuda.memory_allocated(self.encoder.device))
+
+    # ---- shutdown -------------------------------------------------------------------------------
+
+    def _drain(self) -> dict:
+        self._state = "draining"
+        deadline = time.monotonic() + self.workers_settings.drain_timeout_s
+        if not self.encode_stage.drain_and_stop(max(1.0, deadline - time.monotonic())):
+            log.warning("drain: the encode thread did not finish in time; uncommitted records will be read again")
+        while self.ledger.unreleased() > 0 and time.monotonic() < deadline and self.sink_stage.error is None:
+            time.sleep(0.05)
+        self.sink_stage.stop(max(1.0, deadline - time.monotonic()))
+        while self.sink_stage.pending or self.ledger.unreleased():
+            if not self.sink_stage.step(force_flush=True) and (time.monotonic() > deadline or self.sink_stage.blocked):
+                break
+        self.sink_stage.step(force_flush=True)
+        self.dlq.flush(max(1.0, deadline - time.monotonic()))
+        self._commit()
+        self._raise_thread_errors()
+        stats = self.stats()
+        self._state = "stopped"
+        stats["state"] = "stopped"
+        log.info("replica %s drained: %s", self.replica, stats)
+        return stats
+
+    def _close(self) -> None:
+        self._ready = False
+        for name in ("sink_stage", "dlq", "source"):
+            part = getattr(self, name, None)
+            if part is not None:
+                try:
+                    part.close()
+                except Exception as exc:  # noqa: BLE001 - closing is best effort
+                    log.warning("closing %s: %s", name, exc)
+        if getattr(self, "encoder", None) is not None:
+            self.encoder.close()
