@@ -22,7 +22,13 @@ from workers.model_files import read_model_files
 from workers.worker import EmbeddingWorker
 
 log = logging.getLogger("embedworker.stream")
-FATAL = (EmbedworkerError,)
+
+
+def _fatal_cause(exc: RayTaskError) -> EmbedworkerError | None:
+    """The project's own error behind a failed actor call (bad config, credentials, model):
+    restarting will not help, so the supervisor stops and reports it."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, EmbedworkerError) else None
 
 
 def resolve_model(settings: EmbedworkerSettings) -> tuple[EmbedworkerSettings, str | None]:
@@ -71,6 +77,16 @@ class StreamSupervisor:
             num_gpus=w.num_gpus, num_cpus=w.num_cpus, max_restarts=w.max_restarts, max_concurrency=4)
         kwargs = self.settings.worker_kwargs()
         self.actors = [actor_class.remote(**kwargs, replica=i) for i in range(w.replicas)]
+        # Load models and connect everywhere first, so the replicas join the consumer group
+        # together instead of taking partitions from each other one by one.
+        try:
+            ray.get([a.setup.remote() for a in self.actors])
+        except RayTaskError as exc:
+            self.stop()
+            fatal = _fatal_cause(exc)
+            if fatal is not None:
+                raise fatal from None
+            raise
         for i in range(w.replicas):
             self._start_run(i)
         log.info("started %d replica(s) (num_gpus=%s, num_cpus=%s) for topic %s, group %s", w.replicas, w.num_gpus,
@@ -103,10 +119,10 @@ class StreamSupervisor:
             stats = ray.get(ref)
             log.warning("replica %d returned without being asked to stop: %s; starting it again", replica, stats)
         except RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            if isinstance(cause, FATAL):
+            fatal = _fatal_cause(exc)
+            if fatal is not None:
                 self.stop()
-                raise cause.__class__(str(cause).split("\n")[-1] or str(cause)) from None
+                raise fatal from None
             log.error("replica %d failed: %s; starting it again", replica, exc)
             time.sleep(1.0)
         except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:

@@ -97,6 +97,8 @@ def parse_record(value: bytes | None, origin: RecordOrigin, limits: DocumentLimi
         return _parse(value, origin, limits)
     except _Reject as r:
         return Rejection(r.code, str(r), origin, value)
+    except UnicodeEncodeError:  # a \ud800-style escape: JSON allows it, UTF-8 cannot hold it
+        return Rejection(INVALID_UTF8, "value holds an unpaired surrogate escape (\\ud800-\\udfff)", origin, value)
 
 
 def _parse(value: bytes | None, origin: RecordOrigin, limits: DocumentLimits) -> Document:

@@ -10,6 +10,7 @@ import logging
 from typing import Callable
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
@@ -37,14 +38,27 @@ def kafka_error_message(exc: Exception, settings: KafkaSettings) -> str:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP]], None]):
+    """Runs on kafka-python's IO thread: must return promptly and make no blocking Kafka call.
+    Incremental (cooperative) rebalancing: only partitions that really move are revoked."""
+
+    def __init__(self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP], bool], None]):
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
 
+    def _call(self, what: str, fn, partitions, *args) -> None:
+        try:
+            fn(sorted((tp.topic, tp.partition) for tp in partitions), *args)
+        except Exception:
+            log.exception("handling %s partitions failed", what)
+            raise
+
     def on_partitions_revoked(self, revoked):
-        self._on_revoked(sorted((tp.topic, tp.partition) for tp in revoked))
+        self._call("revoked", self._on_revoked, revoked, True)
+
+    def on_partitions_lost(self, lost):
+        self._call("lost", self._on_revoked, lost, False)
 
     def on_partitions_assigned(self, assigned):
-        self._on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))
+        self._call("assigned", self._on_assigned, assigned)
 
 
 class KafkaSource:
@@ -53,14 +67,17 @@ class KafkaSource:
         self._consumer: KafkaConsumer | None = None
         self._paused = False
 
-    def setup(self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP]], None]) -> None:
-        """Connect and join the group. Raises SourceError (with the reason) when the broker
-        cannot be reached or rejects the credentials."""
+    def setup(self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP], bool], None]) -> None:
+        """Connect and join the group. `on_revoked(partitions, clean)` gets clean=False when the
+        partitions were lost (the group evicted this member): nothing may be flushed then.
+        Raises SourceError (with the reason) when the broker cannot be reached or rejects the
+        credentials."""
         s = self.settings
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=s.bootstrap_servers.split(","), group_id=s.group_id, client_id=s.client_id,
                 enable_auto_commit=False, auto_offset_reset="latest" if s.start == "latest" else "earliest",
+                partition_assignment_strategy=(CooperativeStickyAssignor,),
                 max_poll_records=s.max_poll_records, max_poll_interval_ms=s.max_poll_interval_ms,
                 session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
                 request_timeout_ms=s.request_timeout_ms, max_partition_fetch_bytes=s.max_message_bytes,
@@ -95,6 +112,12 @@ class KafkaSource:
         except KafkaError as exc:
             log.warning("commit of %s failed, will retry: %s", offsets, exc)
         return False
+
+    def commit_async(self, offsets: dict[TP, int]) -> None:
+        """Commit without blocking (for the rebalance callbacks, which run on the IO thread)."""
+        if offsets:
+            payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+            self._consumer.commit_async(offsets=payload)
 
     def assignment(self) -> list[TP]:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())

@@ -152,6 +152,12 @@ class OffsetLedger:
         with self._cond:
             return self._unreleased
 
+    def unreleased_in(self, tps: list[TP]) -> int:
+        """Records of these partitions not yet handed to the sinks."""
+        with self._cond:
+            return sum(1 for tp in tps if tp in self._parts for s in self._parts[tp].slots
+                       if not s.released and s.kind != REJECT)
+
     def pending(self) -> int:
         """Records polled and not yet committable."""
         with self._cond:

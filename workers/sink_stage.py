@@ -27,6 +27,7 @@ class SinkStage:
         self.ledger = ledger
         self.metrics = metrics
         self.lock = threading.Lock()
+        self.owned: set[TP] = set()
         self.pending: list[SinkRecord] = []
         self.blocked_until = 0.0
         self.last_error: str | None = None
@@ -62,7 +63,8 @@ class SinkStage:
             if self.blocked and not force_flush:
                 return False
             if not self.pending:
-                self.pending = [rec for _, _, payload in self.ledger.take_ready(limit=2048) for rec in payload]
+                self.pending = [rec for tp, _, payload in self.ledger.take_ready(limit=2048) if tp in self.owned
+                                for rec in payload]
             wrote = bool(self.pending)
             try:
                 if self.pending:
@@ -106,17 +108,19 @@ class SinkStage:
         with self.lock:
             for sink in self.sinks:
                 sink.assign(partitions)
+            self.owned.update(partitions)
 
-    def revoke(self, partitions: list[TP]) -> None:
-        """Flush these partitions' buffered data, report what is durable to the ledger, then
-        forget them (called inside poll, on a rebalance). Records not yet written are dropped:
-        they are not committed, so the partitions' next owner reads them again."""
+    def revoke(self, partitions: list[TP], flush: bool = True) -> None:
+        """Flush these partitions' buffered data (unless `flush` is False: lost partitions),
+        report what is durable to the ledger, then forget them. Records not yet written are
+        dropped: they are not committed, so the partitions' next owner reads them again."""
         with self.lock:
             gone = set(partitions)
+            self.owned -= gone
             self.pending = [r for r in self.pending if r.tp not in gone]
             merged: dict[TP, int] = {}
             for i, sink in enumerate(self.sinks):
-                offsets = sink.revoke(partitions)
+                offsets = sink.revoke(partitions, flush)
                 keys = set(offsets) if i == 0 else set(merged) & set(offsets)
                 merged = {tp: min(offsets[tp], merged.get(tp, offsets[tp])) for tp in keys}
             self.ledger.mark_durable(merged)

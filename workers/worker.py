@@ -147,9 +147,11 @@ class EmbeddingWorker:
         now = datetime.now(timezone.utc)
         self.metrics.consumed(self.kafka_settings.topic, len(records))
         for rec in records:
+            tp = (rec.topic, rec.partition)
+            if tp not in self.sink_stage.owned:
+                continue  # revoked while this batch was being handled: the next owner reads it
             origin = RecordOrigin(rec.topic, rec.partition, rec.offset, rec.key, rec.timestamp,
                                   tuple((k, v) for k, v in (rec.headers or [])))
-            tp = (rec.topic, rec.partition)
             result = parse_record(rec.value, origin, self.limits)
             if isinstance(result, Rejection):
                 self.ledger.add(tp, rec.offset, REJECT)
@@ -202,15 +204,19 @@ class EmbeddingWorker:
             self.metrics.committed(offsets)
 
     def _on_assigned(self, partitions) -> None:
+        """Kafka IO thread, new partitions only (incremental rebalancing)."""
         log.info("replica %s assigned %s", self.replica, partitions)
         self.sink_stage.assign(partitions)
 
-    def _on_revoked(self, partitions) -> None:
-        """Inside poll: flush what is done for these partitions and commit it before they go."""
-        log.info("replica %s revoked %s", self.replica, partitions)
-        self.sink_stage.revoke(partitions)
-        offsets = {tp: off for tp, off in self.ledger.committable().items() if tp in set(partitions)}
-        if offsets and self.source.commit(offsets):
+    def _on_revoked(self, partitions, clean: bool) -> None:
+        """Kafka IO thread, partitions that move elsewhere: flush what the sinks hold for them,
+        commit what is durable (asynchronously), forget the rest; the next owner reads it
+        again. Lost partitions (clean=False) are forgotten without writing anything."""
+        log.info("replica %s %s %s", self.replica, "revoked" if clean else "lost", partitions)
+        self.sink_stage.revoke(partitions, flush=clean)
+        if clean:
+            offsets = {tp: off for tp, off in self.ledger.committable().items() if tp in set(partitions)}
+            self.source.commit_async(offsets)
             self.metrics.committed(offsets)
         self.ledger.drop(partitions)
 

@@ -63,9 +63,9 @@ class Sink(Protocol):
     def durable_offsets(self) -> dict[TP, int]:
         """Per partition, the offset through which all records given so far are durable."""
 
-    def revoke(self, partitions: list[TP]) -> dict[TP, int]:
-        """Flush (best effort) and forget partitions this worker no longer owns; returns their
-        durable offsets as they were just before forgetting them."""
+    def revoke(self, partitions: list[TP], flush: bool = True) -> dict[TP, int]:
+        """Flush (best effort; not when `flush` is False) and forget partitions this worker no
+        longer owns; returns their durable offsets as they were just before forgetting them."""
 
     def close(self) -> None:
         """Flush what can be flushed and release connections; called once at shutdown."""

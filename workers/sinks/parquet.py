@@ -160,10 +160,10 @@ class ParquetSink:
             out[tp] = given if buf is None else buf.first - 1
         return out
 
-    def revoke(self, partitions: list[TP]) -> dict[TP, int]:
+    def revoke(self, partitions: list[TP], flush: bool = True) -> dict[TP, int]:
         for tp in partitions:
             try:
-                if tp in self._buffers:
+                if flush and tp in self._buffers:
                     self._write_file(tp)
             except SinkBackpressureError:
                 pass  # not durable, not committed: the next owner reads these records again

@@ -220,7 +220,7 @@ class RedisVectorSetSink:
     def durable_offsets(self) -> dict[TP, int]:
         return dict(self._durable)
 
-    def revoke(self, partitions: list[TP]) -> dict[TP, int]:
+    def revoke(self, partitions: list[TP], flush: bool = True) -> dict[TP, int]:
         return {tp: self._durable.pop(tp) for tp in partitions if tp in self._durable}
 
     def close(self) -> None:

@@ -1,0 +1,150 @@
+"""Helpers for integration tests: settings for a fresh topic/group/index, producing, waiting,
+reading the DLQ and the Parquet output back."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from pipelines.config import EmbedworkerSettings, load_settings
+
+
+def make_settings(kafka_bootstrap: str, redis_url: str, model_dir, tmp_path: Path, unique: str, **overrides) -> EmbedworkerSettings:
+    """Settings for one test: its own topic, group, key prefix and Parquet folder; fast commits."""
+    base = {
+        "kafka": {"bootstrap_servers": kafka_bootstrap, "topic": f"t-{unique}", "group_id": f"g-{unique}",
+                  "commit_interval_ms": 200, "session_timeout_ms": 6000},
+        "model": {"name": str(model_dir)},
+        "batching": {"max_wait_ms": 5},
+        "redis": {"url": redis_url, "key_prefix": f"test{unique}", "quantization": "noquant"},
+        "parquet": {"path": str(tmp_path / "parquet"), "max_seconds": 0.5},
+        "workers": {"num_gpus": 0, "num_cpus": 0.5, "drain_timeout_s": 30},
+        "logging": {"summary_interval_s": 5},
+    }
+    for section, values in overrides.items():
+        base[section] = {**base.get(section, {}), **values}
+    return load_settings(None, base)
+
+
+def create_topic(settings: EmbedworkerSettings, partitions: int = 3, topic: str | None = None) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        name = topic or settings.kafka.topic
+        if name not in admin.list_topics():
+            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}}, wait_for_metadata=True)
+    finally:
+        admin.close()
+
+
+def produce(settings: EmbedworkerSettings, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Send (key, value) pairs in order (same key -> same partition, in order)."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=5,
+                             max_request_size=settings.kafka.max_message_bytes)
+    for key, value in records:
+        producer.send(settings.kafka.topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def doc(doc_id: str, text: str, **fields) -> tuple[bytes, bytes]:
+    return doc_id.encode(), json.dumps({"id": doc_id, "text": text, **fields}, ensure_ascii=False).encode()
+
+
+def end_offsets(settings: EmbedworkerSettings, topic: str | None = None) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        name = topic or settings.kafka.topic
+        parts = consumer.partitions_for_topic(name) or set()
+        ends = consumer.end_offsets([TopicPartition(name, p) for p in parts])
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        consumer.close()
+
+
+def committed_offsets(settings: EmbedworkerSettings) -> dict[int, int]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        group = admin.list_group_offsets(settings.kafka.group_id).get(settings.kafka.group_id, {})
+        return {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == settings.kafka.topic}
+    finally:
+        admin.close()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def all_committed(settings: EmbedworkerSettings) -> bool:
+    ends = end_offsets(settings)
+    committed = committed_offsets(settings)
+    return bool(ends) and all(committed.get(p, -1) == end for p, end in ends.items())
+
+
+def read_dlq(settings: EmbedworkerSettings, expected: int, timeout: float = 20.0) -> list:
+    consumer = KafkaConsumer(settings.kafka.dead_letter_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             max_partition_fetch_bytes=settings.kafka.max_message_bytes)
+    records, deadline = [], time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=1000).values():
+                records.extend(batch)
+        for batch in consumer.poll(timeout_ms=1000).values():  # anything beyond what was expected
+            records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def header(record, name: str) -> str | None:
+    for k, v in record.headers or []:
+        if k == name:
+            return v.decode()
+    return None
+
+
+def read_parquet(settings: EmbedworkerSettings):
+    path = Path(settings.parquet.path)
+    if not path.exists() or not list(path.rglob("*.parquet")):
+        return None
+    return ds.dataset(str(path), format="parquet", partitioning="hive").to_table()
+
+
+class WorkerThread:
+    """An EmbeddingWorker running in this process (the code an actor runs), for fast tests."""
+
+    def __init__(self, settings: EmbedworkerSettings, replica: int = 0):
+        from workers.worker import EmbeddingWorker
+
+        self.worker = EmbeddingWorker(**settings.worker_kwargs(), replica=replica)
+        self.result = None
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            self.result = self.worker.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
+            self.error = exc
+
+    def start(self) -> "WorkerThread":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 60) -> dict:
+        self.worker.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "worker did not stop"
+        if self.error:
+            raise self.error
+        return self.result
