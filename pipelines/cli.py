@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from datetime import datetime, timezone
 
 from rich.console import Console
@@ -134,6 +135,67 @@ def print_status(report: dict) -> None:
         console.print(f"Parquet {p['path']}: {p['files']} files, {p['rows']} rows, {p['bytes'] / 1e6:.1f} MB")
 
 
+def cmd_backfill(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from pipelines.backfill import BackfillJob, replay_topic
+    from pipelines.stream import resolve_model
+
+    if bool(args.input) == bool(args.replay_topic):
+        err_console.print("[red]backfill needs exactly one of --input GLOB and --replay-topic TOPIC[/red]")
+        return 2
+    settings, note = resolve_model(_settings(args))
+    if note:
+        err_console.print(f"[yellow]{note}[/yellow]")
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[docs]} docs, {task.fields[rate]:.1f} docs/s, {task.fields[rejects]} rejects"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, disable=args.json) as progress:
+        if args.replay_topic:
+            task = progress.add_task(f"replay {args.replay_topic}", total=None, docs=0, rate=0.0, rejects=0)
+            t0 = time.monotonic()
+
+            def on_progress(p):
+                progress.update(task, total=p["total"], completed=p["committed"], docs=p["committed"],
+                                rate=p["committed"] / max(1e-6, time.monotonic() - t0))
+
+            summary = replay_topic(settings, args.replay_topic, args.replay_group, on_progress, args.target)
+        else:
+            job = BackfillJob(settings, args.input, target=args.target, state_dir=args.state_dir, unit_mb=args.unit_mb)
+            task = progress.add_task(f"backfill {job.job_id}", total=None, docs=0, rate=0.0, rejects=0)
+            state = {"docs": 0, "rejects": 0, "t0": time.monotonic()}
+
+            def on_start(total, done, totals):
+                state["docs"], state["rejects"] = totals["embedded"], totals["rejected"]
+                progress.update(task, total=total, completed=done, docs=state["docs"], rejects=state["rejects"])
+                progress.reset(task, total=total, completed=done, start=True)
+                progress.update(task, docs=state["docs"], rejects=state["rejects"])
+
+            def on_unit(stats):
+                state["docs"] += int(stats["embedded"])
+                state["rejects"] += int(stats["rejected"])
+                elapsed = max(1e-6, time.monotonic() - state["t0"])
+                progress.update(task, advance=1, docs=state["docs"], rejects=state["rejects"],
+                                rate=state["docs"] / elapsed)
+
+            summary = job.run(on_start, on_unit, min_actors=args.min_actors, max_actors=args.max_actors)
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=1, default=str))
+    else:
+        console.print(summary_table(summary))
+    return 0
+
+
+def summary_table(summary: dict) -> Table:
+    table = Table(title="backfill", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in summary.items():
+        if key != "replicas":
+            table.add_row(key, json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict) else str(value))
+    return table
+
+
 def cmd_demo(args) -> int:
     from pipelines.demo import run_demo
 
@@ -162,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ef", type=int, default=None, help="search exploration factor")
     p.add_argument("--json", action="store_true")
     p = command("status", cmd_status, "lag per partition, vectors per set, Parquet files and rows")
+    p.add_argument("--json", action="store_true")
+    p = command("backfill", cmd_backfill, "embed stored documents: files through Ray Data, or a bounded topic replay")
+    p.add_argument("--input", default=None, help="glob of JSONL or Parquet files (local paths or URIs)")
+    p.add_argument("--replay-topic", default=None, help="consume this topic up to its current end, then stop")
+    p.add_argument("--replay-group", default=None, help="consumer group for the replay (default <group>-replay-<topic>)")
+    p.add_argument("--target", default=None, help="write to this new index and point the search alias at it at the end")
+    p.add_argument("--state-dir", default=None, help="where done markers and rejects go (default <parquet.path>/_backfill)")
+    p.add_argument("--unit-mb", type=float, default=8.0, help="JSONL bytes per work unit (default 8)")
+    p.add_argument("--min-actors", type=int, default=1)
+    p.add_argument("--max-actors", type=int, default=None, help="default workers.replicas")
     p.add_argument("--json", action="store_true")
     command("demo", cmd_demo, "local end-to-end run on the bundled sample feed", config_required=False)
     return parser

@@ -63,8 +63,9 @@ def init_ray(settings: EmbedworkerSettings) -> None:
 
 
 class StreamSupervisor:
-    def __init__(self, settings: EmbedworkerSettings):
+    def __init__(self, settings: EmbedworkerSettings, stop_offsets: dict[str, int] | None = None):
         self.settings = settings
+        self.stop_offsets = stop_offsets  # bounded replays: "topic:partition" -> end offset
         self.actors: list = []
         self._runs: dict = {}          # run ref -> replica index
         self._stop = threading.Event()
@@ -76,7 +77,8 @@ class StreamSupervisor:
         actor_class = ray.remote(EmbeddingWorker).options(
             num_gpus=w.num_gpus, num_cpus=w.num_cpus, max_restarts=w.max_restarts, max_concurrency=4)
         kwargs = self.settings.worker_kwargs()
-        self.actors = [actor_class.remote(**kwargs, replica=i) for i in range(w.replicas)]
+        self.actors = [actor_class.remote(**kwargs, replica=i, stop_offsets=self.stop_offsets)
+                       for i in range(w.replicas)]
         # Load models and connect everywhere first, so the replicas join the consumer group
         # together instead of taking partitions from each other one by one.
         try:

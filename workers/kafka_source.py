@@ -66,6 +66,7 @@ class KafkaSource:
         self.settings = settings
         self._consumer: KafkaConsumer | None = None
         self._paused = False
+        self._finished: set[TP] = set()
 
     def setup(self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP], bool], None]) -> None:
         """Connect and join the group. `on_revoked(partitions, clean)` gets clean=False when the
@@ -130,10 +131,16 @@ class KafkaSource:
         self._paused = True
 
     def resume(self) -> None:
-        paused = self._consumer.paused()
+        paused = [tp for tp in self._consumer.paused() if (tp.topic, tp.partition) not in self._finished]
         if paused:
             self._consumer.resume(*paused)
         self._paused = False
+
+    def finish(self, tp: TP) -> None:
+        """Stop fetching this partition for good (a bounded replay reached its end offset)."""
+        if tp not in self._finished:
+            self._finished.add(tp)
+            self._consumer.pause(TopicPartition(*tp))
 
     @property
     def paused(self) -> bool:

@@ -40,11 +40,13 @@ DLQ_RESEND_AFTER_S = 30.0
 class EmbeddingWorker:
     def __init__(self, kafka: KafkaSettings, model: ModelSettings, batching: BatchingSettings,
                  documents: DocumentSettings, redis: RedisSettings, parquet: ParquetSettings,
-                 workers: WorkersSettings, replica: int = 0):
+                 workers: WorkersSettings, replica: int = 0, stop_offsets: dict[str, int] | None = None):
         self.kafka_settings, self.model_settings, self.batching = kafka, model, batching
         self.limits = DocumentLimits(max_record_bytes=kafka.max_message_bytes, **documents.model_dump())
         self.redis_settings, self.parquet_settings, self.workers_settings = redis, parquet, workers
         self.replica = replica
+        # Bounded replays: per "topic:partition", the offset where consumption ends.
+        self.stop_offsets = stop_offsets or {}
         self._stop = threading.Event()
         self._ready = False
         self._state = "created"
@@ -150,6 +152,10 @@ class EmbeddingWorker:
             tp = (rec.topic, rec.partition)
             if tp not in self.sink_stage.owned:
                 continue  # revoked while this batch was being handled: the next owner reads it
+            end = self.stop_offsets.get(f"{rec.topic}:{rec.partition}")
+            if end is not None and rec.offset >= end:
+                self.source.finish(tp)  # bounded replay: this partition is done
+                continue
             origin = RecordOrigin(rec.topic, rec.partition, rec.offset, rec.key, rec.timestamp,
                                   tuple((k, v) for k, v in (rec.headers or [])))
             result = parse_record(rec.value, origin, self.limits)

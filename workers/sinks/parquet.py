@@ -187,9 +187,14 @@ class ParquetSink:
                 del self._buffers[tp]
                 return
         rows = buf.rows
-        topic, partition = tp
-        first, last = rows[0].offset, buf.last
         day = (rows[0].ingested_at or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")
+        self.write_rows(rows, tp[0], tp[1], rows[0].offset, buf.last, day)
+        del self._buffers[tp]
+        self._held[tp] = buf.last
+
+    def write_rows(self, rows: list[SinkRecord], topic: str, partition: int, first: int, last: int, day: str) -> str:
+        """Write one file of `rows` under dt=`day`, named by topic, partition and offset range
+        (replacing a file of the same name). Raises SinkBackpressureError when it cannot."""
         folder = f"{self._root}/dt={day}"
         final = f"{folder}/{file_name(topic, partition, first, last)}"
         table = self._table(rows)
@@ -202,10 +207,9 @@ class ParquetSink:
                     pq.write_table(table, out, compression=self.settings.compression)
         except OSError as exc:
             raise SinkBackpressureError(f"cannot write Parquet file {final}: {exc}", retry_after_s=2.0) from None
-        del self._buffers[tp]
-        self._held[tp] = last
         self.files_written += 1
         self.rows_written += len(rows)
+        return final
 
     def _write_local(self, table: pa.Table, folder: str, final: str) -> None:
         tmp = f"{folder}/.{os.path.basename(final)}.{uuid.uuid4().hex[:8]}.tmp"

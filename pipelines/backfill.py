@@ -1,0 +1,189 @@
+"""Backfills: files through Ray Data, or a bounded replay of a Kafka topic; resumable.
+
+Files: the inputs (JSONL or Parquet; local paths or fsspec URIs) are cut into units
+(`workers.backfill_units`); units without a done marker go through `map_batches` with
+`UnitEmbedder` on an actor pool (`workers.num_gpus` per actor, 1..`workers.replicas` actors);
+each unit's vectors go to the same sinks as streaming. Rejected records go to the job's
+rejects file with their reason codes. `--target NAME` writes a new vector-set index and, at the
+end, points the alias `{prefix}:current` at it, so searches move to it in one step.
+
+Replay: consumes a topic from the beginning up to the end offsets captured at start, with its
+own consumer group and the streaming worker, then stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Callable
+
+import fsspec
+
+from pipelines.config import EmbedworkerSettings
+from pipelines.search import alias_key
+from pipelines.stream import StreamSupervisor, init_ray
+from workers.backfill_units import Unit, UnitEmbedder, plan_units, write_json_atomic
+from workers.errors import EmbedworkerError
+from workers.model_files import model_slug
+from workers.sinks.redis_vset import VectorSetIndex, connect
+
+
+class BackfillError(EmbedworkerError):
+    """The backfill cannot run (no input files, an unreadable state folder, a failed unit)."""
+
+
+def resolve_inputs(pattern: str) -> list[str]:
+    """Every file matching the glob (local or URI), sorted; raises BackfillError if none."""
+    fs, inner = fsspec.core.url_to_fs(pattern)
+    found = sorted(p for p in fs.glob(inner) if fs.isfile(p))
+    if not found:
+        raise BackfillError(f"--input {pattern!r} matches no file")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in found]
+
+
+def with_target(settings: EmbedworkerSettings, target: str | None) -> EmbedworkerSettings:
+    if not target:
+        return settings
+    return settings.model_copy(update={"redis": settings.redis.model_copy(update={"index": target})})
+
+
+class BackfillJob:
+    def __init__(self, settings: EmbedworkerSettings, pattern: str, target: str | None = None,
+                 state_dir: str | None = None, unit_mb: float = 8.0):
+        self.settings = with_target(settings, target)
+        self.target = target
+        self.paths = resolve_inputs(pattern)
+        index = self.settings.redis.index or model_slug(self.settings.model.name)
+        digest = hashlib.sha1("\n".join(self.paths + [index, self.settings.model.name]).encode()).hexdigest()
+        self.job_id = digest[:12]
+        root = state_dir or f"{self.settings.parquet.path.rstrip('/')}/_backfill"
+        self.state_dir = f"{root}/{self.job_id}"
+        self.unit_bytes = max(1024, int(unit_mb * 1024 * 1024))
+        self.fs, self._state_inner = fsspec.core.url_to_fs(self.state_dir)
+
+    def plan(self) -> tuple[list[Unit], list[Unit], dict]:
+        """(all units, units still to do, the job record). Creates the job record on first run."""
+        units = plan_units(self.paths, self.unit_bytes)
+        job_file = f"{self._state_inner}/job.json"
+        if self.fs.exists(job_file):
+            with self.fs.open(job_file) as f:
+                job = json.load(f)
+        else:
+            job = {"job_id": self.job_id, "inputs": self.paths, "day": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                   "model": self.settings.model.name, "index": self.settings.redis.index, "units": len(units)}
+            write_json_atomic(f"{self.state_dir}/job.json", job)
+        done = self.done_units()
+        return units, [u for u in units if u.key not in done], job
+
+    def done_units(self) -> dict[str, dict]:
+        out = {}
+        for path in self.fs.glob(f"{self._state_inner}/units/*.json"):
+            with self.fs.open(path) as f:
+                marker = json.load(f)
+            out[marker["unit"]["key"]] = marker
+        return out
+
+    def run(self, on_start: Callable[[int, int, dict], None] | None = None,
+            on_unit: Callable[[dict], None] | None = None, min_actors: int = 1,
+            max_actors: int | None = None) -> dict:
+        """Embed every unit not done yet. Calls on_start(total units, already done, done totals)
+        and on_unit(stats) per finished unit. Returns the summary of the whole job."""
+        import ray.data
+
+        units, pending, job = self.plan()
+        done_before = self.done_units()
+        if on_start:
+            on_start(len(units), len(units) - len(pending), _totals(done_before.values()))
+        if pending:
+            init_ray(self.settings)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            w = self.settings.workers
+            kwargs = dict(model=self.settings.model, documents=self.settings.documents, redis=self.settings.redis,
+                          parquet=self.settings.parquet, max_batch_tokens=self.settings.batching.max_batch_tokens,
+                          state_dir=self.state_dir, job_id=self.job_id, day=job["day"],
+                          max_message_bytes=self.settings.kafka.max_message_bytes)
+            pool = (min(min_actors, len(pending)), max(1, min(max_actors or w.replicas, len(pending))))
+            ds = ray.data.from_items([{"unit": json.dumps(asdict(u))} for u in pending])
+            ds = ds.map_batches(UnitEmbedder, batch_size=1, fn_constructor_kwargs=kwargs,
+                                compute=ray.data.ActorPoolStrategy(min_size=min(pool), max_size=max(pool)),
+                                num_gpus=w.num_gpus, num_cpus=w.num_cpus)
+            for row in ds.iter_rows():
+                if on_unit:
+                    on_unit(row)
+        if self.target:
+            switch_alias(self.settings, self.target)
+        summary = _totals(self.done_units().values())
+        summary.update(job_id=self.job_id, units=len(units), state_dir=self.state_dir,
+                       rejects_file=self.merge_rejects(), index=self.settings.redis.index or
+                       model_slug(self.settings.model.name), alias_switched=bool(self.target))
+        return summary
+
+    def merge_rejects(self) -> str | None:
+        """All units' rejects in one JSONL file (rebuilt from the per-unit files)."""
+        parts = sorted(self.fs.glob(f"{self._state_inner}/rejects/*.jsonl"))
+        if not parts:
+            return None
+        target = f"{self._state_inner}/rejects.jsonl"
+        with self.fs.open(target, "w") as out:
+            for part in parts:
+                with self.fs.open(part, "r") as f:
+                    out.write(f.read())
+        return target
+
+
+def _totals(markers) -> dict:
+    out = {"records": 0, "embedded": 0, "deleted": 0, "rejected": 0}
+    for m in markers:
+        for k in out:
+            out[k] += int(m.get(k, 0))
+    return out
+
+
+def switch_alias(settings: EmbedworkerSettings, index: str) -> None:
+    """Point `{prefix}:current` at `index` (one SET: searches move in one step)."""
+    client = connect(settings.redis, settings.redis.url)
+    meta = VectorSetIndex(settings.redis.key_prefix, index, settings.redis.shards).meta_key
+    if not client.exists(meta):
+        raise BackfillError(f"index {index!r} has no metadata ({meta}): nothing was written to it")
+    client.set(alias_key(settings), index)
+
+
+def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = None,
+                 on_progress: Callable[[dict], None] | None = None, target: str | None = None) -> dict:
+    """Consume `topic` from the beginning to its end offsets as of now, with its own consumer
+    group, through the streaming worker and sinks; returns when everything up to there is
+    committed."""
+    from pipelines.status import kafka_status
+
+    settings = with_target(settings, target)
+    kafka = settings.kafka.model_copy(update={"topic": topic, "start": "earliest",
+                                              "group_id": group or f"{settings.kafka.group_id}-replay-{topic}"})
+    settings = settings.model_copy(update={"kafka": kafka})
+    ends = {p["partition"]: p["end"] for p in kafka_status(settings).get("partitions", [])}
+    if not ends:
+        raise BackfillError(f"topic {topic!r} does not exist or has no partitions")
+    stop = {f"{topic}:{p}": end for p, end in ends.items()}
+    supervisor = StreamSupervisor(settings, stop_offsets=stop)
+    started = time.monotonic()
+
+    def finished() -> bool:
+        status = kafka_status(settings)
+        committed = {p["partition"]: p["committed"] or 0 for p in status.get("partitions", [])}
+        if on_progress:
+            on_progress({"committed": sum(min(committed.get(p, 0), e) for p, e in ends.items()),
+                         "total": sum(ends.values())})
+        return all(committed.get(p, 0) >= end for p, end in ends.items())
+
+    supervisor.start()
+    results = supervisor.supervise(until=finished, poll_s=1.0)
+    if target:
+        switch_alias(settings, target)
+    return {"topic": topic, "group": kafka.group_id, "end_offsets": ends, "records": sum(ends.values()),
+            "seconds": round(time.monotonic() - started, 1), "replicas": results}
