@@ -36,12 +36,13 @@ def _settings(args) -> EmbedworkerSettings:
 
 
 def cmd_run(args) -> int:
-    from pipelines.stream import StreamSupervisor, resolve_model
+    from pipelines.stream import StreamSupervisor, init_ray, resolve_model
 
     settings, note = resolve_model(_settings(args))
     if note:
         log.warning(note)
     supervisor = StreamSupervisor(settings)
+    init_ray(settings)  # before our handlers: Ray installs its own for SIGTERM
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
     supervisor.start()

@@ -69,6 +69,7 @@ class StreamSupervisor:
         self.actors: list = []
         self._runs: dict = {}          # run ref -> replica index
         self._stop = threading.Event()
+        self._last_failure: dict[int, float] = {}
         self.restarts = 0
 
     def start(self) -> None:
@@ -128,8 +129,13 @@ class StreamSupervisor:
             log.error("replica %d failed: %s; starting it again", replica, exc)
             time.sleep(1.0)
         except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-            self.restarts += 1
-            log.warning("replica %d died (%s); Ray restarts it (restart %d)", replica, type(exc).__name__, self.restarts)
+            now = time.monotonic()
+            if now - self._last_failure.get(replica, 0.0) > 5.0:  # a new failure, not the same restart
+                self.restarts += 1
+                log.warning("replica %d died (%s); Ray restarts it (restart %d)", replica, type(exc).__name__,
+                            self.restarts)
+            self._last_failure[replica] = now
+            time.sleep(0.5)  # the actor is coming back: calls made meanwhile fail at once
         self._start_run(replica)
 
     def _log_summary(self, last: dict, interval: float) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from pipelines.config import EmbedworkerSettings, load_settings
 
@@ -18,7 +19,7 @@ def make_settings(kafka_bootstrap: str, redis_url: str, model_dir, tmp_path: Pat
     """Settings for one test: its own topic, group, key prefix and Parquet folder; fast commits."""
     base = {
         "kafka": {"bootstrap_servers": kafka_bootstrap, "topic": f"t-{unique}", "group_id": f"g-{unique}",
-                  "commit_interval_ms": 200, "session_timeout_ms": 6000},
+                  "commit_interval_ms": 200, "session_timeout_ms": 6000, "metadata_max_age_ms": 3000},
         "model": {"name": str(model_dir)},
         "batching": {"max_wait_ms": 5},
         "redis": {"url": redis_url, "key_prefix": f"test{unique}", "quantization": "noquant"},
@@ -67,21 +68,29 @@ def end_offsets(settings: EmbedworkerSettings, topic: str | None = None) -> dict
 
 
 def committed_offsets(settings: EmbedworkerSettings) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    """The group's committed offsets ({} while the broker cannot tell, e.g. just after a restart)."""
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    except KafkaError:
+        return {}
     try:
         group = admin.list_group_offsets(settings.kafka.group_id).get(settings.kafka.group_id, {})
         return {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == settings.kafka.topic}
+    except KafkaError:
+        return {}
     finally:
         admin.close()
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition") -> None:
+def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition", diagnose=None) -> None:
+    """Poll `predicate` until true; on timeout fail with `message` and what `diagnose()` tells."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    details = f"\n{diagnose()}" if diagnose else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}{details}")
 
 
 def all_committed(settings: EmbedworkerSettings) -> bool:

@@ -46,6 +46,7 @@ class DeadLetterPublisher:
             self._producer = KafkaProducer(
                 bootstrap_servers=s.bootstrap_servers.split(","), client_id=f"{s.client_id}-dlq", acks="all",
                 linger_ms=5, max_request_size=s.max_message_bytes, request_timeout_ms=s.request_timeout_ms,
+                bootstrap_timeout_ms=min(s.request_timeout_ms, 15000),
                 **s.security.client_options())
         except KafkaError as exc:
             raise SourceError(kafka_error_message(exc, s)) from None

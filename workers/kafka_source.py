@@ -32,8 +32,12 @@ def kafka_error_message(exc: Exception, settings: KafkaSettings) -> str:
     elif "Authorization" in name:
         hint = " (the principal lacks an ACL for this topic or group)"
     elif isinstance(exc, KafkaTimeoutError) and "bootstrap" in str(exc).lower():
-        hint = (f" (no broker answered at {settings.bootstrap_servers} with protocol {sec.protocol}: check "
-                "kafka.bootstrap_servers and kafka.security)")
+        hint = f" (no broker answered at {settings.bootstrap_servers} with protocol {sec.protocol}"
+        if sec.protocol.startswith("SASL"):
+            hint += (f"; brokers close the connection when SASL {sec.sasl_mechanism} authentication fails: check "
+                     f"that user {sec.sasl_username!r} and its password (kafka.security.sasl_password or "
+                     "sasl_password_file) are right")
+        hint += "; check kafka.bootstrap_servers and kafka.security)"
     return f"Kafka: {name}: {exc}{hint}"
 
 
@@ -81,10 +85,16 @@ class KafkaSource:
                 partition_assignment_strategy=(CooperativeStickyAssignor,),
                 max_poll_records=s.max_poll_records, max_poll_interval_ms=s.max_poll_interval_ms,
                 session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
-                request_timeout_ms=s.request_timeout_ms, max_partition_fetch_bytes=s.max_message_bytes,
+                request_timeout_ms=s.request_timeout_ms, bootstrap_timeout_ms=min(s.request_timeout_ms, 15000),
+                metadata_max_age_ms=s.metadata_max_age_ms,
+                max_partition_fetch_bytes=s.max_message_bytes,
                 fetch_max_bytes=max(52_428_800, s.max_message_bytes), receive_message_max_bytes=max(
                     104_857_600, 2 * s.max_message_bytes),
                 **s.security.client_options())
+            # Learn the topic's partitions before joining: a group leader that joins without them
+            # assigns nothing until its next metadata refresh.
+            if not self._consumer.partitions_for_topic(s.topic):
+                log.warning("topic %s has no partitions yet (it will be picked up when it does)", s.topic)
             self._consumer.subscribe([s.topic], listener=_Listener(on_assigned, on_revoked))
         except KafkaError as exc:
             raise SourceError(kafka_error_message(exc, s)) from None
@@ -135,6 +145,10 @@ class KafkaSource:
         if paused:
             self._consumer.resume(*paused)
         self._paused = False
+
+    def seek(self, tp: TP, offset: int) -> None:
+        """Read this partition again from `offset` (non-blocking; from the polling thread)."""
+        self._consumer.seek(TopicPartition(*tp), offset)
 
     def finish(self, tp: TP) -> None:
         """Stop fetching this partition for good (a bounded replay reached its end offset)."""

