@@ -12,7 +12,7 @@ from typing import Callable
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError, RebalanceInProgressError
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from workers.errors import SourceError
 from workers.settings import KafkaSettings
@@ -108,7 +108,22 @@ class KafkaSource:
                 raise SourceError(kafka_error_message(exc, self.settings)) from None
             log.warning("poll failed, will retry: %s", exc)
             return []
+        self._unstick_finished_join()
         return [rec for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for rec in batches[tp]]
+
+    def _unstick_finished_join(self) -> None:
+        """Work around a kafka-python 3.0.12 race: when a poll times out while a rejoin that was
+        caused by a metadata change is in flight, and that join's own assignment clears the
+        change, the next poll sees no reason to rejoin and never collects the finished join;
+        the member stays REBALANCING and every commit is refused. Asking for one more rejoin
+        lets the next poll complete a fresh generation."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None or getattr(coordinator, "state", None) is not MemberState.REBALANCING:
+            return
+        task = getattr(coordinator, "_join_task", None)
+        if (task is None or task.is_done) and not coordinator.need_rejoin():
+            log.info("group %s: a finished join was never completed; rejoining", self.settings.group_id)
+            coordinator.request_rejoin()
 
     def commit(self, offsets: dict[TP, int]) -> bool:
         """Commit next-offsets per partition; False (and a warning) if the group is rebalancing."""
