@@ -96,12 +96,12 @@ def cmd_status(args) -> int:
     from pipelines.status import collect_status
 
     settings = _settings(args)
-    report = collect_status(settings)
+    report = collect_status(settings, window_s=args.window, actors=not args.no_actors)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=1, default=str))
     else:
         print_status(report)
-    return 0
+    return 3 if report["problems"] else 0
 
 
 def print_status(report: dict) -> None:
@@ -116,6 +116,27 @@ def print_status(report: dict) -> None:
         for p in k["partitions"]:
             table.add_row(str(p["partition"]), str(p["committed"]), str(p["end"]), str(p["lag"]))
         table.add_row("all", "", "", str(k["total_lag"]), style="bold")
+        console.print(table)
+        if "window_s" in k:
+            console.print(f"over {k['window_s']} s: {k['produced_per_s']} records/s produced, "
+                          f"{k['committed_per_s']} committed/s, lag {k['lag_before']} -> {k['total_lag']}")
+        members = Table(title=f"group {k['group']}: {k['group_state']}, {len(k['members'])} member(s)")
+        for col in ("client id", "host", "partitions"):
+            members.add_column(col)
+        for m in k["members"]:
+            members.add_row(m["client_id"], m["host"], ",".join(map(str, m["partitions"])))
+        console.print(members)
+    a = report.get("actors")
+    if a is not None and "error" in a:
+        console.print(f"[yellow]replicas: {a['error']}[/yellow]")
+    elif a is not None:
+        table = Table(title="replicas (through Ray)")
+        for col in ("replica", "state", "docs/s (1 min)", "lag", "written", "rejected", "in flight", "device"):
+            table.add_column(col, justify="right" if col not in ("state", "device") else "left")
+        for r in a["actors"]:
+            table.add_row(str(r["replica"]), r["state"], str(r.get("docs_per_s_1m", "")), str(r.get("lag", "")),
+                          str(r.get("written", "")), str(r.get("rejected", "")), str(r.get("in_flight", "")),
+                          str(r.get("device", "")), style=None if r.get("up") else "red")
         console.print(table)
     r = report["redis"]
     if "error" in r:
@@ -134,6 +155,11 @@ def print_status(report: dict) -> None:
         console.print(f"[red]parquet: {p['error']}[/red]")
     elif p.get("enabled", True):
         console.print(f"Parquet {p['path']}: {p['files']} files, {p['rows']} rows, {p['bytes'] / 1e6:.1f} MB")
+    if "problems" in report:
+        for problem in report["problems"]:
+            console.print(f"[red]unhealthy: {problem}[/red]")
+        if not report["problems"]:
+            console.print("[green]healthy[/green]")
 
 
 def cmd_backfill(args) -> int:
@@ -224,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default=None, help="a vector-set FILTER expression, e.g. '.lang == \"ko\"'")
     p.add_argument("--ef", type=int, default=None, help="search exploration factor")
     p.add_argument("--json", action="store_true")
-    p = command("status", cmd_status, "lag per partition, vectors per set, Parquet files and rows")
+    p = command("status", cmd_status, "lag, replicas, vectors, Parquet files and rows; exit 3 when unhealthy")
+    p.add_argument("--window", type=float, default=5.0,
+                   help="seconds between two offset readings, to see if the lag grows (0: one reading)")
+    p.add_argument("--no-actors", action="store_true", help="do not ask the replicas through Ray")
     p.add_argument("--json", action="store_true")
     p = command("backfill", cmd_backfill, "embed stored documents: files through Ray Data, or a bounded topic replay")
     p.add_argument("--input", default=None, help="glob of JSONL or Parquet files (local paths or URIs)")

@@ -76,7 +76,7 @@ def run_demo(settings: EmbedworkerSettings, console: Console) -> int:
 
     from pipelines.cli import print_status, search_table
 
-    print_status(collect_status(settings))
+    print_status(collect_status(settings, check_health=False))
     searcher = Searcher(settings)
     searcher.setup()
     week_ago = int(datetime(2026, 11, 20, tzinfo=timezone.utc).timestamp())

@@ -35,7 +35,21 @@ def topic_offsets(admin: KafkaAdminClient, topic: str) -> tuple[dict[int, int], 
     return ({tp.partition: earliest[tp].offset for tp in tps}, {tp.partition: latest[tp].offset for tp in tps})
 
 
-def kafka_status(settings: EmbedworkerSettings) -> dict:
+def group_members(admin: KafkaAdminClient, group: str, topic: str) -> tuple[str, list[dict]]:
+    """The consumer group's state and its members (client id, host, partitions of `topic`)."""
+    described = admin.describe_groups([group]).get(group) or {}
+    members = []
+    for m in described.get("members") or []:
+        assignment = (m.get("member_assignment") or {}).get("assigned_partitions") or []
+        parts = sorted(p for a in assignment if a.get("topic") == topic for p in a.get("partitions", []))
+        members.append({"client_id": m.get("client_id"), "host": str(m.get("client_host", "")).lstrip("/"),
+                        "partitions": parts})
+    return described.get("group_state") or "Unknown", sorted(members, key=lambda m: m["client_id"] or "")
+
+
+def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
+    """Offsets per partition and the group's members; with `window_s` > 0, offsets are read
+    twice that far apart, giving produce and commit rates and whether the lag grows."""
     k = settings.kafka
     try:
         admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers.split(","), request_timeout_ms=10000,
@@ -43,26 +57,53 @@ def kafka_status(settings: EmbedworkerSettings) -> dict:
     except KafkaError as exc:
         return {"error": kafka_error_message(exc, k)}
     try:
-        _, ends = topic_offsets(admin, k.topic)
-        committed = {}
-        try:
-            group = admin.list_group_offsets(k.group_id).get(k.group_id, {})
-            committed = {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == k.topic}
-        except KafkaError:
-            pass
+        first = _offsets(admin, k)
+        t0 = time.monotonic()
+        second = first
+        if window_s > 0:
+            time.sleep(window_s)
+            second = _offsets(admin, k)
+        elapsed = max(1e-6, time.monotonic() - t0)
+        ends, committed = second
         partitions = []
         for p in sorted(ends):
             c = committed.get(p)
             lag = ends[p] - (c if c is not None and c >= 0 else 0)
             partitions.append({"partition": p, "committed": c, "end": ends[p], "lag": lag})
+        state, members = group_members(admin, k.group_id, k.topic)
         dlq_start, dlq_end = topic_offsets(admin, k.dead_letter_topic)
-        return {"topic": k.topic, "group": k.group_id, "partitions": partitions,
-                "total_lag": sum(p["lag"] for p in partitions), "dlq_topic": k.dead_letter_topic,
-                "dlq_records": sum(dlq_end[p] - dlq_start.get(p, 0) for p in dlq_end)}
+        out = {"topic": k.topic, "group": k.group_id, "group_state": state, "members": members,
+               "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions),
+               "dlq_topic": k.dead_letter_topic, "dlq_records": sum(dlq_end[p] - dlq_start.get(p, 0) for p in dlq_end)}
+        if window_s > 0:
+            lag0 = _total_lag(*first)
+            out.update(window_s=round(elapsed, 1), lag_before=lag0, lag_growth=out["total_lag"] - lag0,
+                       produced_per_s=round((sum(ends.values()) - sum(first[0].values())) / elapsed, 2),
+                       committed_per_s=round((_committed_sum(committed) - _committed_sum(first[1])) / elapsed, 2))
+        return out
     except KafkaError as exc:
         return {"error": kafka_error_message(exc, k)}
     finally:
         admin.close()
+
+
+def _offsets(admin: KafkaAdminClient, k) -> tuple[dict[int, int], dict[int, int]]:
+    _, ends = topic_offsets(admin, k.topic)
+    committed = {}
+    try:
+        group = admin.list_group_offsets(k.group_id).get(k.group_id, {})
+        committed = {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == k.topic}
+    except KafkaError:
+        pass
+    return ends, committed
+
+
+def _committed_sum(committed: dict[int, int]) -> int:
+    return sum(c for c in committed.values() if c is not None and c >= 0)
+
+
+def _total_lag(ends: dict[int, int], committed: dict[int, int]) -> int:
+    return sum(e - max(0, committed.get(p) or 0) for p, e in ends.items())
 
 
 def redis_status(settings: EmbedworkerSettings) -> dict:
@@ -109,6 +150,39 @@ def parquet_status(settings: EmbedworkerSettings, topic: str | None = None) -> d
         return {"error": f"Parquet at {p.path}: {exc}"}
 
 
-def collect_status(settings: EmbedworkerSettings) -> dict:
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kafka": kafka_status(settings),
-            "redis": redis_status(settings), "parquet": parquet_status(settings, settings.kafka.topic)}
+def health(report: dict, replicas: int) -> list[str]:
+    """Why the pipeline is unhealthy (empty when it is fine): a service that does not answer,
+    lag that grew over the window, fewer live replicas than configured."""
+    problems = []
+    k = report["kafka"]
+    if "error" in k:
+        problems.append(f"kafka: {k['error']}")
+    else:
+        if k.get("lag_growth", 0) > 0:
+            problems.append(f"lag grew from {k['lag_before']} to {k['total_lag']} in {k['window_s']} s "
+                            f"({k['produced_per_s']} produced/s, {k['committed_per_s']} committed/s)")
+        if len(k["members"]) < replicas:
+            problems.append(f"{len(k['members'])} of {replicas} replica(s) in consumer group {k['group']} "
+                            f"({k['group_state']})")
+    for actor in report.get("actors", {}).get("actors", []):
+        if not actor.get("up"):
+            problems.append(f"replica {actor['replica']} is {actor['state']}")
+    for part in ("redis", "parquet"):
+        if "error" in report[part]:
+            problems.append(f"{part}: {report[part]['error']}")
+    return problems
+
+
+def collect_status(settings: EmbedworkerSettings, window_s: float = 0.0, actors: bool = False,
+                   check_health: bool = True) -> dict:
+    """Everything `embedworker status` shows. `actors` also asks the running replicas through
+    Ray; `check_health` adds "problems" (the health check's reasons, empty when healthy)."""
+    report = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kafka": kafka_status(settings, window_s),
+              "redis": redis_status(settings), "parquet": parquet_status(settings, settings.kafka.topic)}
+    if actors:
+        from pipelines.actor_status import actor_status
+
+        report["actors"] = actor_status(settings)
+    if check_health:
+        report["problems"] = health(report, settings.workers.replicas)
+    return report

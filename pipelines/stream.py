@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
@@ -22,6 +23,7 @@ from workers.model_files import read_model_files
 from workers.worker import EmbeddingWorker
 
 log = logging.getLogger("embedworker.stream")
+ACTOR_PREFIX = "embedworker:"
 
 
 def _fatal_cause(exc: RayTaskError) -> EmbedworkerError | None:
@@ -62,6 +64,12 @@ def init_ray(settings: EmbedworkerSettings) -> None:
         ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
 
 
+def actor_name(settings: EmbedworkerSettings, replica: int, run_id: str) -> str:
+    """Named actors let `embedworker status` find the replicas of a running group; the run id
+    keeps a restarted driver clear of the names its dying predecessor still holds."""
+    return f"{ACTOR_PREFIX}{settings.kafka.group_id}:{replica}:{run_id}"
+
+
 class StreamSupervisor:
     def __init__(self, settings: EmbedworkerSettings, stop_offsets: dict[str, int] | None = None):
         self.settings = settings
@@ -71,15 +79,17 @@ class StreamSupervisor:
         self._stop = threading.Event()
         self._last_failure: dict[int, float] = {}
         self.restarts = 0
+        self.run_id = uuid.uuid4().hex[:8]
 
     def start(self) -> None:
         init_ray(self.settings)
         w = self.settings.workers
-        actor_class = ray.remote(EmbeddingWorker).options(
-            num_gpus=w.num_gpus, num_cpus=w.num_cpus, max_restarts=w.max_restarts, max_concurrency=4)
+        actor_class = ray.remote(EmbeddingWorker)
         kwargs = self.settings.worker_kwargs()
-        self.actors = [actor_class.remote(**kwargs, replica=i, stop_offsets=self.stop_offsets)
-                       for i in range(w.replicas)]
+        self.actors = [actor_class.options(
+            name=actor_name(self.settings, i, self.run_id), num_gpus=w.num_gpus, num_cpus=w.num_cpus,
+            max_restarts=w.max_restarts, max_concurrency=4).remote(**kwargs, replica=i, stop_offsets=self.stop_offsets)
+            for i in range(w.replicas)]
         # Load models and connect everywhere first, so the replicas join the consumer group
         # together instead of taking partitions from each other one by one.
         try:
@@ -144,10 +154,13 @@ class StreamSupervisor:
         for s in stats:
             counts[s.get("replica")] = s.get("written", 0)
             rate = (s.get("written", 0) - last.get(s.get("replica"), 0)) / max(interval, 1e-6)
-            log.info("replica %s %s: %.1f docs/s, consumed %s, written %s, rejected %s, in flight %s, padding %s%s",
-                     s.get("replica"), s.get("state"), rate, s.get("consumed", 0), s.get("written", 0),
-                     s.get("rejected", 0), s.get("in_flight", 0), s.get("padding_ratio", 0),
-                     f", sink error: {s['sink_error']}" if s.get("sink_error") else "")
+            log.info("replica %s %s: %.1f docs/s, lag %s, consumed %s, written %s, rejected %s, in flight %s, "
+                     "padding %s%s", s.get("replica"), s.get("state"), rate, s.get("lag", "?"), s.get("consumed", 0),
+                     s.get("written", 0), s.get("rejected", 0), s.get("in_flight", 0), s.get("padding_ratio", 0),
+                     f", sink error: {s['sink_error']}" if s.get("sink_error") else "",
+                     extra={"fields": {"replica": s.get("replica"), "docs_per_s": round(rate, 2),
+                                       "lag": s.get("lag"), "rejected": s.get("rejected", 0),
+                                       "padding_ratio": s.get("padding_ratio", 0)}})
         return counts
 
     def stats(self, timeout: float = 10.0) -> list[dict]:

@@ -125,7 +125,11 @@ class EncodeStage:
 
     def _finish(self, batch, handle, t0: float) -> None:
         vectors = self.encoder.collect(handle)
-        self.metrics.observe_batch(len(batch.items), batch.real_tokens, batch.padded_tokens, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.metrics.observe_batch(len(batch.items), batch.real_tokens, batch.padded_tokens, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch: %d texts, %d tokens (%d padded, length %d), %.1f ms", len(batch.items),
+                      batch.real_tokens, batch.padded_tokens, batch.padded_len, seconds * 1000)
         now = datetime.now(timezone.utc)
         for ref, vec in zip(batch.items, vectors):
             state = ref.state

@@ -66,8 +66,9 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class KafkaSource:
-    def __init__(self, settings: KafkaSettings):
+    def __init__(self, settings: KafkaSettings, replica: int = 0):
         self.settings = settings
+        self.client_id = f"{settings.client_id}-{replica}"  # `embedworker status` maps group members to replicas
         self._consumer: KafkaConsumer | None = None
         self._paused = False
         self._finished: set[TP] = set()
@@ -80,7 +81,7 @@ class KafkaSource:
         s = self.settings
         try:
             self._consumer = KafkaConsumer(
-                bootstrap_servers=s.bootstrap_servers.split(","), group_id=s.group_id, client_id=s.client_id,
+                bootstrap_servers=s.bootstrap_servers.split(","), group_id=s.group_id, client_id=self.client_id,
                 enable_auto_commit=False, auto_offset_reset="latest" if s.start == "latest" else "earliest",
                 partition_assignment_strategy=(CooperativeStickyAssignor,),
                 max_poll_records=s.max_poll_records, max_poll_interval_ms=s.max_poll_interval_ms,

@@ -2,7 +2,9 @@
 
 Every metric carries the label `replica`. When `workers.metrics_port` is set, replica i serves
 them at http://<node>:<metrics_port + i>/metrics. `snapshot()` gives the same numbers as a dict
-(for the supervisor's throughput log and `embedworker status`).
+(for the supervisor's summary log and `embedworker status`): counts, the padding ratio,
+`docs_per_s_1m` (documents written per second over the last minute) and `lag` (the last
+sampled lag summed over this replica's partitions).
 
 | name | type | labels | meaning |
 | --- | --- | --- | --- |
@@ -26,11 +28,14 @@ them at http://<node>:<metrics_port + i>/metrics. `snapshot()` gives the same nu
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+RATE_WINDOW_S = 60.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (256, 1024, 4096, 8192, 16384, 32768, 65536, 131072)
 
@@ -67,6 +72,9 @@ class WorkerMetrics:
         self._padded_tokens = 0
         self.counts = {"consumed": 0, "embedded": 0, "rejected": 0, "deleted": 0, "written": 0, "batches": 0}
         self.started = time.time()
+        self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, documents written)
+        self._recent_lock = threading.Lock()  # the sink thread appends, stats() reads
+        self._last_lag: dict[tuple[str, int], int] = {}
 
     def serve(self, port: int) -> None:
         """Expose /metrics over HTTP on `port` (called once in the actor)."""
@@ -107,8 +115,24 @@ class WorkerMetrics:
             if ts is not None:
                 self._latency.observe(max(0.0, now - ts / 1000.0))
         self.counts["written"] += len(event_times_ms)
+        with self._recent_lock:
+            self._recent.append((time.monotonic(), len(event_times_ms)))
+            self._trim_recent()
+
+    def _trim_recent(self) -> None:
+        horizon = time.monotonic() - RATE_WINDOW_S
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+
+    def rate_1m(self) -> float:
+        """Documents written per second over the last minute (or since start, if sooner)."""
+        with self._recent_lock:
+            self._trim_recent()
+            written = sum(n for _, n in self._recent)
+        return written / min(RATE_WINDOW_S, max(1e-6, time.time() - self.started))
 
     def lag(self, lags: dict[tuple[str, int], int]) -> None:
+        self._last_lag = dict(lags)
         for (topic, partition), value in lags.items():
             self._lag.labels(self.replica, topic, str(partition)).set(value)
 
@@ -120,4 +144,6 @@ class WorkerMetrics:
         out = dict(self.counts)
         out["padding_ratio"] = round(self._padded_tokens / max(1, self._real_tokens) - 1, 4)
         out["uptime_s"] = round(time.time() - self.started, 1)
+        out["docs_per_s_1m"] = round(self.rate_1m(), 2)
+        out["lag"] = sum(self._last_lag.values())
         return out

@@ -94,7 +94,7 @@ class EmbeddingWorker:
         self._ownership = threading.Lock()  # rebalance callbacks vs. taking polled records
         self._epochs: dict = {}             # per partition, bumped at every assignment change
         self._commit_due: dict = {}         # positions reached but not yet committed
-        self.source = KafkaSource(self.kafka_settings)
+        self.source = KafkaSource(self.kafka_settings, self.replica)
         self.source.setup(self._on_assigned, self._on_revoked)
         self.encode_stage.start()
         self.sink_stage.start()
@@ -120,6 +120,7 @@ class EmbeddingWorker:
                 now = time.monotonic()
                 if now - last_commit >= commit_every:
                     self._commit()
+                    self.metrics.in_flight.set(self.ledger.unreleased())
                     last_commit = now
                 if now - last_lag >= 5.0:
                     self.metrics.lag(self.source.lag())

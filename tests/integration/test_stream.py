@@ -26,15 +26,6 @@ def news_text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(NEWS_WORDS) for _ in range(n_words))
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, namespace="embedworker-tests", configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def vector_of(redis_client, key: str, element: str) -> np.ndarray:
     return np.array([float(x) for x in redis_client.execute_command("VEMB", key, element)], dtype=np.float32)
 

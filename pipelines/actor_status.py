@@ -1,0 +1,57 @@
+"""What the running replicas report about themselves, found through Ray (for `embedworker status`).
+
+`embedworker run` names each replica `embedworker:<group>:<replica>:<run id>` in the configured
+Ray namespace. This module connects to that Ray cluster as a short-lived second driver, finds
+the replicas of the configured group and asks each for its stats (state, docs/s over the last
+minute, lag, counts). Without a reachable Ray cluster it says so instead of failing.
+"""
+
+from __future__ import annotations
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from pipelines.config import EmbedworkerSettings
+from pipelines.stream import ACTOR_PREFIX
+
+
+def replica_actor_names(settings: EmbedworkerSettings) -> list[tuple[int, str]]:
+    """(replica, actor name) of this group's replicas in the namespace, newest run last."""
+    prefix = f"{ACTOR_PREFIX}{settings.kafka.group_id}:"
+    found = []
+    for entry in ray.util.list_named_actors(all_namespaces=False):
+        name = entry if isinstance(entry, str) else entry.get("name", "")
+        if name.startswith(prefix):
+            replica, _, _run = name[len(prefix):].partition(":")
+            if replica.isdigit():
+                found.append((int(replica), name))
+    return sorted(found)
+
+
+def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
+    """{"actors": [...]} with one entry per replica found, or {"error": reason} when no Ray
+    cluster answers (status then relies on the Kafka group's members alone)."""
+    connected_here = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=settings.ray.address or "auto", namespace=settings.ray.namespace,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+            connected_here = True
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            return {"error": f"no Ray cluster at {settings.ray.address or 'auto'}: {exc}".splitlines()[0]}
+    try:
+        actors = []
+        for replica, name in replica_actor_names(settings):
+            entry = {"replica": replica, "name": name}
+            try:
+                stats = ray.get(ray.get_actor(name).stats.remote(), timeout=timeout_s)
+                entry.update(state=stats.get("state"), docs_per_s_1m=stats.get("docs_per_s_1m", 0.0),
+                             lag=stats.get("lag"), written=stats.get("written", 0), rejected=stats.get("rejected", 0),
+                             in_flight=stats.get("in_flight", 0), device=stats.get("device"), up=True)
+            except (ValueError, GetTimeoutError, RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+                entry.update(state=f"unavailable ({type(exc).__name__})", up=False)
+            actors.append(entry)
+        return {"actors": actors}
+    finally:
+        if connected_here:
+            ray.shutdown()
