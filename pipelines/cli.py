@@ -223,6 +223,40 @@ def summary_table(summary: dict) -> Table:
     return table
 
 
+def cmd_eval(args) -> int:
+    from pipelines.eval_data import EvalSet
+    from pipelines.evaluation import RetrievalEval, variants_from
+    from pipelines.stream import resolve_model
+
+    settings, note = resolve_model(_settings(args))
+    if note:
+        err_console.print(f"[yellow]{note}[/yellow]")
+    data = EvalSet.load(args.corpus, args.queries, args.qrels)
+    variants = variants_from(settings, args.quantization, args.m, args.ef_build, args.ef, args.shards)
+    evaluation = RetrievalEval(settings, data, variants, k=args.k, keep=args.keep)
+    with err_console.status("evaluating ...") as spinner:
+        report = evaluation.run(on_step=lambda message: spinner.update(message))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=1))
+    else:
+        console.print(eval_table(report, args.k))
+    return 0
+
+
+def eval_table(report: dict, k: int) -> Table:
+    p = report["pipeline"]
+    table = Table(title=f"{report['model']}: {report['documents']} documents ({report['vectors']} vectors), "
+                        f"{report['queries']} queries, {report['judgements']} judgements; pipeline indexed "
+                        f"{p['embedded']} in {p['seconds']} s, rejected {p['rejected']}")
+    columns = [f"ndcg@{k}", f"recall@{k}", f"mrr@{k}", f"ndcg@{k} diff", f"recall@{k} vs exact", "queries/s", "inserts/s"]
+    table.add_column("search")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in report["results"]:
+        table.add_row(row["name"], *(("" if row.get(c) is None else str(row[c])) for c in columns))
+    return table
+
+
 def cmd_demo(args) -> int:
     from pipelines.demo import run_demo
 
@@ -264,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-mb", type=float, default=8.0, help="JSONL bytes per work unit (default 8)")
     p.add_argument("--min-actors", type=int, default=1)
     p.add_argument("--max-actors", type=int, default=None, help="default workers.replicas")
+    p.add_argument("--json", action="store_true")
+    p = command("eval", cmd_eval, "retrieval quality through the pipeline and the index vs exact search")
+    p.add_argument("--corpus", default=None, help="BEIR corpus.jsonl (default: the shipped bilingual set)")
+    p.add_argument("--queries", default=None, help="BEIR queries.jsonl")
+    p.add_argument("--qrels", default=None, help="BEIR qrels .tsv (query-id, corpus-id, score)")
+    p.add_argument("--quantization", nargs="+", choices=["noquant", "q8", "bin"], default=None,
+                   help="index quantizations to compare")
+    p.add_argument("--m", nargs="+", type=int, default=None, help="HNSW M values to compare")
+    p.add_argument("--ef-build", nargs="+", type=int, default=None, help="EF at build (VADD) to compare")
+    p.add_argument("--ef", nargs="+", type=int, default=None, help="EF at query (VSIM) to compare")
+    p.add_argument("--shards", nargs="+", type=int, default=None, help="vector sets per index to compare")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--keep", action="store_true", help="keep the eval topic, keys and Parquet files")
     p.add_argument("--json", action="store_true")
     command("demo", cmd_demo, "local end-to-end run on the bundled sample feed", config_required=False)
     return parser
