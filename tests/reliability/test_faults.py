@@ -251,6 +251,10 @@ def test_a_second_worker_joins_then_leaves_mid_stream(stream_settings, redis_cli
     try:
         wait_until(lambda: stream.committed() > 200, timeout=60, message="progress with one worker")
         second = WorkerThread(settings, replica=1).start()
+        # Only records sent after the handover are sure to reach the second worker: the first
+        # may finish a partition's backlog before it gives the partition up.
+        wait_until(lambda: second.worker.ready() and bool(second.worker.sink_stage.owned), timeout=60,
+                   message="partitions for the second worker")
         stream.send(1000)
         wait_until(lambda: second.worker.stats().get("consumed", 0) > 0, timeout=60, message="the second worker to work")
         second.stop()
