@@ -166,7 +166,10 @@ def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = 
     kafka = settings.kafka.model_copy(update={"topic": topic, "start": "earliest",
                                               "group_id": group or f"{settings.kafka.group_id}-replay-{topic}"})
     settings = settings.model_copy(update={"kafka": kafka})
-    ends = {p["partition"]: p["end"] for p in kafka_status(settings).get("partitions", [])}
+    status = kafka_status(settings)
+    if "error" in status:
+        raise BackfillError(f"cannot read the end offsets of {topic!r}: {status['error']}")
+    ends = {p["partition"]: p["end"] for p in status["partitions"]}
     if not ends:
         raise BackfillError(f"topic {topic!r} does not exist or has no partitions")
     stop = {f"{topic}:{p}": end for p, end in ends.items()}

@@ -36,15 +36,20 @@ def topic_offsets(admin: KafkaAdminClient, topic: str) -> tuple[dict[int, int], 
 
 
 def group_members(admin: KafkaAdminClient, group: str, topic: str) -> tuple[str, list[dict]]:
-    """The consumer group's state and its members (client id, host, partitions of `topic`)."""
-    described = admin.describe_groups([group]).get(group) or {}
+    """The consumer group's state and its members (client id, host, partitions of `topic`).
+    A group the broker cannot describe yet (new, or its coordinator still loading) has none."""
+    try:
+        described = admin.describe_groups([group]).get(group) or {}
+    except KafkaError as exc:
+        return f"unknown ({type(exc).__name__})", []
     members = []
     for m in described.get("members") or []:
         assignment = (m.get("member_assignment") or {}).get("assigned_partitions") or []
         parts = sorted(p for a in assignment if a.get("topic") == topic for p in a.get("partitions", []))
         members.append({"client_id": m.get("client_id"), "host": str(m.get("client_host", "")).lstrip("/"),
                         "partitions": parts})
-    return described.get("group_state") or "Unknown", sorted(members, key=lambda m: m["client_id"] or "")
+    state = described.get("group_state") or (f"unknown ({described['error']})" if described.get("error") else "Unknown")
+    return state, sorted(members, key=lambda m: m["client_id"] or "")
 
 
 def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
