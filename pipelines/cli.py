@@ -95,7 +95,9 @@ def search_table(query: str, hits, index: str, filter_expr: str | None = None) -
 def cmd_status(args) -> int:
     from pipelines.status import collect_status
 
-    settings = _settings(args)
+    from pipelines.stream import resolve_model
+
+    settings, _ = resolve_model(_settings(args))  # the index is named after the model the workers use
     report = collect_status(settings, window_s=args.window, actors=not args.no_actors)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=1, default=str))
