@@ -74,9 +74,9 @@ def run_demo(settings: EmbedworkerSettings, console: Console) -> int:
                   + ", ".join(f"replica {r.get('replica')}: {r.get('written', 0)} written, "
                               f"{r.get('rejected', 0)} rejected" for r in results))
 
-    from pipelines.cli import print_status, search_table
+    from pipelines.tables import print_status, search_table
 
-    print_status(collect_status(settings, check_health=False))
+    print_status(collect_status(settings, check_health=False), console)
     searcher = Searcher(settings)
     searcher.setup()
     week_ago = int(datetime(2026, 11, 20, tzinfo=timezone.utc).timestamp())

@@ -9,6 +9,8 @@ with its value cut to fit and the header `embedworker.value_truncated` set to it
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Callable
 
 from kafka import KafkaProducer
@@ -39,6 +41,8 @@ class DeadLetterPublisher:
         self.topic = settings.dead_letter_topic
         self._producer: KafkaProducer | None = None
         self.published = 0
+        self._unacked: dict[tuple[str, int, int], tuple[Rejection, Callable[[], None], float]] = {}
+        self._unacked_lock = threading.Lock()  # the producer's thread acknowledges
 
     def setup(self) -> None:
         s = self.settings
@@ -52,8 +56,32 @@ class DeadLetterPublisher:
             raise SourceError(kafka_error_message(exc, s)) from None
 
     def publish(self, rej: Rejection, on_acked: Callable[[], None]) -> None:
-        """Send one rejection; `on_acked` runs (in the producer's thread) once the broker has it.
-        On failure the record stays unacknowledged and the worker publishes it again later."""
+        """Send one rejection (polling thread); `on_acked` runs in the producer's thread once the
+        broker has it. Until then the rejection is kept, and `resend_unacked` sends it again."""
+        o = rej.origin
+        key = (o.topic, o.partition, o.offset)
+        with self._unacked_lock:
+            self._unacked[key] = (rej, on_acked, time.monotonic())
+
+        def done() -> None:
+            with self._unacked_lock:
+                self._unacked.pop(key, None)
+            on_acked()
+
+        self._send(rej, done)
+
+    def resend_unacked(self, older_than_s: float) -> None:
+        """Send again what the broker has not acknowledged within `older_than_s` (called
+        periodically from the polling thread: the DLQ is at-least-once)."""
+        now = time.monotonic()
+        with self._unacked_lock:
+            stale = [(rej, cb) for rej, cb, sent in self._unacked.values() if now - sent > older_than_s]
+        for rej, on_acked in stale:
+            log.warning("re-sending unacknowledged DLQ record %s:%s:%s", rej.origin.topic, rej.origin.partition,
+                        rej.origin.offset)
+            self.publish(rej, on_acked)
+
+    def _send(self, rej: Rejection, on_acked: Callable[[], None]) -> None:
         value, headers = rej.value, dlq_headers(rej)
         limit = self.settings.max_message_bytes - HEADER_ROOM
         if value is not None and len(value) > limit:

@@ -18,6 +18,8 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import torch
+
 from workers import logs
 from workers.dead_letters import DeadLetterPublisher
 from workers.documents import DocumentLimits, Rejection, RecordOrigin, parse_record
@@ -89,8 +91,6 @@ class EmbeddingWorker:
                                         self.batching.max_padding, m.chunking.enabled)
         self.dlq = DeadLetterPublisher(self.kafka_settings)
         self.dlq.setup()
-        self._unacked: dict[tuple[str, int, int], tuple[Rejection, float]] = {}
-        self._unacked_lock = threading.Lock()
         self._ownership = threading.Lock()  # rebalance callbacks vs. taking polled records
         self._epochs: dict = {}             # per partition, bumped at every assignment change
         self._commit_due: dict = {}         # positions reached but not yet committed
@@ -127,7 +127,7 @@ class EmbeddingWorker:
                     self._record_gpu_memory()
                     last_lag = now
                 if now - last_resend >= 5.0:
-                    self._resend_unacked()
+                    self.dlq.resend_unacked(DLQ_RESEND_AFTER_S)
                     last_resend = now
             return self._drain()
         finally:
@@ -149,7 +149,7 @@ class EmbeddingWorker:
         if self._ready:
             out.update(self.metrics.snapshot())
             out.update(device=str(self.encoder.device), dtype=self.encoder.dtype,
-                       torch_threads=_torch_threads(), in_flight=self.ledger.unreleased(), pending_commit=self.ledger.pending(),
+                       torch_threads=torch.get_num_threads(), in_flight=self.ledger.unreleased(), pending_commit=self.ledger.pending(),
                        paused=self.source.paused, sink_error=self.sink_stage.last_error,
                        partitions=[f"{t}:{p}" for t, p in self.ledger.partitions()])
         return out
@@ -202,25 +202,7 @@ class EmbeddingWorker:
 
     def _publish_rejection(self, rej: Rejection) -> None:
         o = rej.origin
-        key = (o.topic, o.partition, o.offset)
-        with self._unacked_lock:
-            self._unacked[key] = (rej, time.monotonic())
-
-        def acked():
-            with self._unacked_lock:
-                self._unacked.pop(key, None)
-            self.ledger.ack_reject((o.topic, o.partition), o.offset)
-
-        self.dlq.publish(rej, acked)
-
-    def _resend_unacked(self) -> None:
-        now = time.monotonic()
-        with self._unacked_lock:
-            stale = [rej for rej, sent in self._unacked.values() if now - sent > DLQ_RESEND_AFTER_S]
-        for rej in stale:
-            log.warning("re-sending unacknowledged DLQ record %s:%s:%s", rej.origin.topic, rej.origin.partition,
-                        rej.origin.offset)
-            self._publish_rejection(rej)
+        self.dlq.publish(rej, lambda: self.ledger.ack_reject((o.topic, o.partition), o.offset))
 
     def _apply_backpressure(self) -> None:
         full = self.ledger.unreleased() >= self.workers_settings.max_in_flight
@@ -279,8 +261,6 @@ class EmbeddingWorker:
 
     def _record_gpu_memory(self) -> None:
         if self.encoder.device.type == "cuda":
-            import torch
-
             self.metrics.gpu_memory.set(torch.cuda.memory_allocated(self.encoder.device))
 
     # ---- shutdown -------------------------------------------------------------------------------
@@ -317,9 +297,3 @@ class EmbeddingWorker:
                     log.warning("closing %s: %s", name, exc)
         if getattr(self, "encoder", None) is not None:
             self.encoder.close()
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()

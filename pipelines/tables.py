@@ -1,0 +1,106 @@
+"""The rich tables the command line prints (search hits, status, backfill and eval summaries)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.table import Table
+
+
+def search_table(query: str, hits, index: str, filter_expr: str | None = None) -> Table:
+    title = f"{query!r} in {index}" + (f" where {filter_expr}" if filter_expr else "")
+    table = Table(title=title, show_lines=False)
+    for col, style in (("#", "dim"), ("score", "cyan"), ("id", ""), ("title", "bold"), ("url", "blue"),
+                       ("published_at", "")):
+        table.add_column(col, style=style or None, overflow="fold")
+    for i, h in enumerate(hits, 1):
+        published = (datetime.fromtimestamp(h.published_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+                     if isinstance(h.published_at, (int, float)) else "")
+        table.add_row(str(i), f"{h.score:.4f}", h.id + (f"#{h.chunk}" if h.chunk else ""), h.title or "",
+                      h.url or "", published)
+    return table
+
+
+def print_status(report: dict, console: Console) -> None:
+    """Print the status report (what `embedworker status` and the demo show)."""
+    k = report["kafka"]
+    if "error" in k:
+        console.print(f"[red]kafka: {k['error']}[/red]")
+    else:
+        table = Table(title=f"Kafka {k['topic']} (group {k['group']}), dead letters in {k['dlq_topic']}: "
+                            f"{k['dlq_records']}")
+        for col in ("partition", "committed", "end", "lag"):
+            table.add_column(col, justify="right")
+        for p in k["partitions"]:
+            table.add_row(str(p["partition"]), str(p["committed"]), str(p["end"]), str(p["lag"]))
+        table.add_row("all", "", "", str(k["total_lag"]), style="bold")
+        console.print(table)
+        if "window_s" in k:
+            console.print(f"over {k['window_s']} s: {k['produced_per_s']} records/s produced, "
+                          f"{k['committed_per_s']} committed/s, lag {k['lag_before']} -> {k['total_lag']}")
+        members = Table(title=f"group {k['group']}: {k['group_state']}, {len(k['members'])} member(s)")
+        for col in ("client id", "host", "partitions"):
+            members.add_column(col)
+        for m in k["members"]:
+            members.add_row(m["client_id"], m["host"], ",".join(map(str, m["partitions"])))
+        console.print(members)
+    a = report.get("actors")
+    if a is not None and "error" in a:
+        console.print(f"[yellow]replicas: {a['error']}[/yellow]")
+    elif a is not None:
+        table = Table(title="replicas (through Ray)")
+        for col in ("replica", "state", "docs/s (1 min)", "lag", "written", "rejected", "in flight", "device"):
+            table.add_column(col, justify="right" if col not in ("state", "device") else "left")
+        for r in a["actors"]:
+            table.add_row(str(r["replica"]), r["state"], str(r.get("docs_per_s_1m", "")), str(r.get("lag", "")),
+                          str(r.get("written", "")), str(r.get("rejected", "")), str(r.get("in_flight", "")),
+                          str(r.get("device", "")), style=None if r.get("up") else "red")
+        console.print(table)
+    r = report["redis"]
+    if "error" in r:
+        console.print(f"[red]redis: {r['error']}[/red]")
+    elif r.get("enabled", True):
+        table = Table(title=f"Redis vector sets ({r['total_vectors']} vectors"
+                            + (f", alias -> {r['alias']}" if r.get("alias") else "") + ")")
+        table.add_column("key")
+        table.add_column("vectors", justify="right")
+        table.add_column("server")
+        for key in r["keys"]:
+            table.add_row(key["key"], str(key["vectors"]), key["server"])
+        console.print(table)
+    p = report["parquet"]
+    if "error" in p:
+        console.print(f"[red]parquet: {p['error']}[/red]")
+    elif p.get("enabled", True):
+        console.print(f"Parquet {p['path']}: {p['files']} files, {p['rows']} rows, {p['bytes'] / 1e6:.1f} MB")
+    if "problems" in report:
+        for problem in report["problems"]:
+            console.print(f"[red]unhealthy: {problem}[/red]")
+        if not report["problems"]:
+            console.print("[green]healthy[/green]")
+
+
+def summary_table(summary: dict) -> Table:
+    table = Table(title="backfill", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in summary.items():
+        if key != "replicas":
+            table.add_row(key, json.dumps(value, ensure_ascii=False, default=str) if isinstance(value, dict) else str(value))
+    return table
+
+
+def eval_table(report: dict, k: int) -> Table:
+    p = report["pipeline"]
+    table = Table(title=f"{report['model']}: {report['documents']} documents ({report['vectors']} vectors), "
+                        f"{report['queries']} queries, {report['judgements']} judgements; pipeline indexed "
+                        f"{p['embedded']} in {p['seconds']} s, rejected {p['rejected']}")
+    columns = [f"ndcg@{k}", f"recall@{k}", f"mrr@{k}", f"ndcg@{k} diff", f"recall@{k} vs exact", "queries/s", "inserts/s"]
+    table.add_column("search")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in report["results"]:
+        table.add_row(row["name"], *(("" if row.get(c) is None else str(row[c])) for c in columns))
+    return table
