@@ -156,10 +156,11 @@ def switch_alias(settings: EmbedworkerSettings, index: str) -> None:
 
 
 def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = None,
-                 on_progress: Callable[[dict], None] | None = None, target: str | None = None) -> dict:
+                 on_progress: Callable[[dict], None] | None = None, target: str | None = None,
+                 timeout_s: float | None = None) -> dict:
     """Consume `topic` from the beginning to its end offsets as of now, with its own consumer
     group, through the streaming worker and sinks; returns when everything up to there is
-    committed."""
+    committed. Raises BackfillError if that takes longer than `timeout_s` (no limit if None)."""
     from pipelines.status import kafka_status
 
     settings = with_target(settings, target)
@@ -175,17 +176,22 @@ def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = 
     stop = {f"{topic}:{p}": end for p, end in ends.items()}
     supervisor = StreamSupervisor(settings, stop_offsets=stop)
     started = time.monotonic()
+    done = False
 
     def finished() -> bool:
+        nonlocal done
         status = kafka_status(settings)
         committed = {p["partition"]: p["committed"] or 0 for p in status.get("partitions", [])}
         if on_progress:
             on_progress({"committed": sum(min(committed.get(p, 0), e) for p, e in ends.items()),
                          "total": sum(ends.values())})
-        return all(committed.get(p, 0) >= end for p, end in ends.items())
+        done = all(committed.get(p, 0) >= end for p, end in ends.items())
+        return done or (timeout_s is not None and time.monotonic() - started > timeout_s)
 
     supervisor.start()
     results = supervisor.supervise(until=finished, poll_s=1.0)
+    if not done:
+        raise BackfillError(f"replaying {topic!r} did not finish in {timeout_s:.0f} s")
     if target:
         switch_alias(settings, target)
     return {"topic": topic, "group": kafka.group_id, "end_offsets": ends, "records": sum(ends.values()),

@@ -16,6 +16,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +25,12 @@ import pyarrow.dataset as ds
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from pipelines.backfill import replay_topic
 from pipelines.config import EmbedworkerSettings
 from pipelines.eval_data import EvalSet, retrieval_metrics
 from pipelines.produce import produce_file
 from pipelines.search import Searcher
-from pipelines.status import kafka_status
-from pipelines.stream import StreamSupervisor
 from workers.encoder import Encoder
-from workers.errors import EmbedworkerError
 from workers.model_files import model_slug
 from workers.sinks.base import SinkRecord
 from workers.sinks.parquet import open_filesystem
@@ -82,7 +81,7 @@ class RetrievalEval:
 
     def run(self, on_step=lambda message: None) -> dict:
         """Index, search, score; returns the report. Removes what it created unless keep=True.
-        Raises EmbedworkerError when the pipeline does not index the corpus in time."""
+        Raises BackfillError (an EmbedworkerError) when the pipeline does not index the corpus in time."""
         try:
             on_step(f"indexing {len(self.data.corpus)} documents through the pipeline")
             t0 = time.monotonic()
@@ -99,7 +98,7 @@ class RetrievalEval:
             rows = [{"name": "exact cosine over Parquet", **retrieval_metrics(exact, self.data.qrels, self.k)}]
             for i, variant in enumerate(self.variants):
                 on_step(f"searching {variant.name}")
-                rows.append(self._search_variant(i, variant, ids, chunks, matrix, qids, qvecs, exact))
+                rows.append(self._search_variant(i, variant, encoder, ids, chunks, matrix, qids, qvecs, exact))
             for row in rows[1:]:
                 for metric in (f"ndcg@{self.k}", f"recall@{self.k}", f"mrr@{self.k}"):
                     row[f"{metric} diff"] = round(row[metric] - rows[0][metric], 4)
@@ -119,20 +118,8 @@ class RetrievalEval:
             path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in self.data.as_documents()),
                             encoding="utf-8")
             sent = produce_file(s, path, partitions=max(1, s.workers.replicas))["sent"]
-        supervisor = StreamSupervisor(s)
-        supervisor.start()
-        deadline = time.monotonic() + self.timeout_s
-        try:
-            while True:
-                k = kafka_status(s)
-                if "error" not in k and k["partitions"] and k["total_lag"] == 0:
-                    break
-                if time.monotonic() > deadline:
-                    raise EmbedworkerError(f"the pipeline did not index the eval corpus in {self.timeout_s:.0f} s "
-                                           f"(lag {k.get('total_lag', '?')})")
-                time.sleep(0.5)
-        finally:
-            results = supervisor.stop()
+        replay = replay_topic(s, s.kafka.topic, s.kafka.group_id, timeout_s=self.timeout_s)
+        results = replay["replicas"]
         return {"sent": sent, "embedded": sum(r.get("embedded", 0) for r in results),
                 "rejected": sum(r.get("rejected", 0) for r in results)}
 
@@ -171,9 +158,7 @@ class RetrievalEval:
         sink = RedisVectorSetSink(s.redis, model_slug(s.model.name), s.model.name, matrix.shape[1])
         sink.setup()
         chunked = s.model.chunking.enabled
-        counts: dict[str, int] = {}
-        for doc_id in ids:
-            counts[doc_id] = counts.get(doc_id, 0) + 1
+        counts = Counter(ids)
         records = [SinkRecord(id=d, op="upsert", topic="eval", partition=0, offset=n, vector=matrix[n], chunk=c,
                               chunks=counts[d], chunked=chunked) for n, (d, c) in enumerate(zip(ids, chunks))]
         t0 = time.perf_counter()
@@ -183,12 +168,12 @@ class RetrievalEval:
         sink.close()
         return seconds
 
-    def _search_variant(self, i, variant, ids, chunks, matrix, qids, qvecs, exact) -> dict:
+    def _search_variant(self, i, variant, encoder, ids, chunks, matrix, qids, qvecs, exact) -> dict:
         settings = self._variant_settings(i, variant)
         build_s = None
         if i > 0:
             build_s = self._build(settings, ids, chunks, matrix)
-        searcher = Searcher(settings, encoder=_NoEncoder())
+        searcher = Searcher(settings, encoder=encoder)
         searcher.setup()
         t0 = time.perf_counter()
         ranked = {qid: [h.id for h in searcher.search_vector(qvecs[n], k=self.k, ef=variant.ef_search)]
@@ -229,9 +214,3 @@ class RetrievalEval:
         except (OSError, FileNotFoundError):
             pass
 
-
-class _NoEncoder:
-    """Queries are encoded once for every variant; the searchers get vectors, not text."""
-
-    def encode_queries(self, texts):  # pragma: no cover - never called
-        raise AssertionError("the eval searches by vector")

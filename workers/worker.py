@@ -198,7 +198,6 @@ class EmbeddingWorker:
             self.source.seek(tp, offset)
         if docs:
             self.encode_stage.submit(docs, self.model_settings.text_template)
-        self.metrics.in_flight.set(self.ledger.unreleased())
 
     def _publish_rejection(self, rej: Rejection) -> None:
         o = rej.origin

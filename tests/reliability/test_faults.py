@@ -2,6 +2,7 @@
 
 Each test prints how long recovery took (pytest -s shows it)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -68,10 +69,25 @@ def _write_config(settings, path, **extra) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
-def _start_driver(config, log):
+@contextlib.contextmanager
+def _running_driver(config, log):
+    """`embedworker run` in its own process group; leaving the block kills the group (the driver
+    and the local Ray cluster it started) with SIGKILL if it is still running."""
     env = {**os.environ, "EMBEDWORKER_LOG_LEVEL": "INFO"}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "-c", str(config)], env=env,
-                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "-c", str(config)], env=env,
+                              start_new_session=True, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+    try:
+        yield driver
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
+def _stop_driver(driver, timeout: float = 120) -> int:
+    """SIGTERM: the driver drains its replicas and exits; returns its exit code."""
+    driver.send_signal(signal.SIGTERM)
+    return driver.wait(timeout)
 
 
 def test_driver_killed_mid_stream_then_run_again(stream_settings, redis_client, tmp_path):
@@ -80,27 +96,15 @@ def test_driver_killed_mid_stream_then_run_again(stream_settings, redis_client, 
     _write_config(settings, config, ray={"num_cpus": 2})
     stream = Stream(settings, 3000, seed=2)
     stream.send(1500)
-    with open(tmp_path / "driver1.log", "w") as log:
-        driver = _start_driver(config, log)
-        try:
-            wait_until(lambda: stream.committed() > 300, timeout=120, message="progress before the kill")
-        finally:
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
-            driver.wait()
+    with open(tmp_path / "driver1.log", "w") as log, _running_driver(config, log):
+        wait_until(lambda: stream.committed() > 300, timeout=120, message="progress before the kill")
+        # leaving the block: kill -9 of the driver and of the local Ray cluster it started
     stream.send()
     restarted = time.monotonic()
-    with open(tmp_path / "driver2.log", "w") as log:
-        driver = _start_driver(config, log)
-        try:
-            wait_until(lambda: all_committed(settings), timeout=180, message="everything committed after restart")
-            recovery = time.monotonic() - restarted
-        finally:
-            driver.send_signal(signal.SIGTERM)
-            try:
-                code = driver.wait(120)
-            finally:
-                if driver.poll() is None:
-                    os.killpg(driver.pid, signal.SIGKILL)
+    with open(tmp_path / "driver2.log", "w") as log, _running_driver(config, log) as driver:
+        wait_until(lambda: all_committed(settings), timeout=180, message="everything committed after restart")
+        recovery = time.monotonic() - restarted
+        code = _stop_driver(driver)
     assert code == 0, (tmp_path / "driver2.log").read_text()[-3000:]
     print(f"\ndriver kill -9: restarted driver caught up in {recovery:.1f} s (Ray start and model load included)")
     stream.check(redis_client)
@@ -208,19 +212,13 @@ def test_sigterm_during_a_burst_drains_and_exits_0(stream_settings, redis_client
     config = tmp_path / "run.yaml"
     _write_config(settings, config, ray={"num_cpus": 2})
     stream = Stream(settings, 3000, seed=6)
-    with open(tmp_path / "driver.log", "w") as log:
-        driver = _start_driver(config, log)
-        try:
-            wait_until(lambda: "started 1 replica" in (tmp_path / "driver.log").read_text(), timeout=120,
-                       message="the worker to start")
-            stream.send()  # the burst
-            wait_until(lambda: stream.committed() > 0, timeout=60, message="the burst to reach the worker")
-            t0 = time.monotonic()
-            driver.send_signal(signal.SIGTERM)
-            code = driver.wait(120)
-        finally:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
+    with open(tmp_path / "driver.log", "w") as log, _running_driver(config, log) as driver:
+        wait_until(lambda: "started 1 replica" in (tmp_path / "driver.log").read_text(), timeout=120,
+                   message="the worker to start")
+        stream.send()  # the burst
+        wait_until(lambda: stream.committed() > 0, timeout=60, message="the burst to reach the worker")
+        t0 = time.monotonic()
+        code = _stop_driver(driver)
     assert code == 0, (tmp_path / "driver.log").read_text()[-3000:]
     print(f"\nSIGTERM: drained, flushed, committed and exited in {time.monotonic() - t0:.1f} s")
     committed = committed_offsets(settings)
