@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def settings_for(model: str, tmp: Path, tag: str, **extra):
+def settings_for(model_name: str, tmp: Path, tag: str, **extra):
     from pipelines.config import load_settings
 
     data = {"kafka": {"topic": f"bench-{tag}", "group_id": f"bench-{tag}", "commit_interval_ms": 100},
-            "model": {"name": model, "document_prefix": "passage: "},
+            "model": {"name": model_name, "document_prefix": "passage: "},
             "redis": {"key_prefix": f"bench{tag}"},
             "parquet": {"path": str(tmp / f"parquet-{tag}"), "max_seconds": 0.5},
             "workers": {"num_gpus": 0, "num_cpus": 2},  # Ray gives the actor as many torch threads

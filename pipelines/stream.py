@@ -71,8 +71,10 @@ def actor_name(settings: EmbedworkerSettings, replica: int, run_id: str) -> str:
 
 
 class StreamSupervisor:
-    def __init__(self, settings: EmbedworkerSettings, stop_offsets: dict[str, int] | None = None):
+    def __init__(self, settings: EmbedworkerSettings, stop_offsets: dict[str, int] | None = None,
+                 worker_class: type = EmbeddingWorker):
         self.settings = settings
+        self.worker_class = worker_class  # benchmarks pass a subclass (e.g. with a stub forward)
         self.stop_offsets = stop_offsets  # bounded replays: "topic:partition" -> end offset
         self.actors: list = []
         self._runs: dict = {}          # run ref -> replica index
@@ -84,7 +86,7 @@ class StreamSupervisor:
     def start(self) -> None:
         init_ray(self.settings)
         w = self.settings.workers
-        actor_class = ray.remote(EmbeddingWorker)
+        actor_class = ray.remote(self.worker_class)
         kwargs = self.settings.worker_kwargs()
         self.actors = [actor_class.options(
             name=actor_name(self.settings, i, self.run_id), num_gpus=w.num_gpus, num_cpus=w.num_cpus,

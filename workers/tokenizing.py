@@ -6,6 +6,7 @@ the GIL, so several threads tokenize in parallel. Imports neither ray, kafka nor
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
@@ -17,6 +18,12 @@ from workers.errors import EncoderConfigError
 # and checked afterwards (see `_tokenize_truncated`), so a 1 MiB article costs what 4 KiB do.
 CHARS_PER_TOKEN_BOUND = 8
 CUT_MARGIN_CHARS = 128
+# Whitespace-cut truncation (tokenizers whose pre-tokenizer splits at spaces): a prefix of the
+# text that ends before a space tokenizes exactly like the whole text up to there, so a long
+# text is tokenized only up to a little past the limit. The prefix must reach this many tokens
+# past the limit, so that nothing near the cut (a space the normalizer made) reaches the kept part.
+CUT_SPARE_TOKENS = 8
+SPACE_SPLITTERS = ("WhitespaceSplit", "Whitespace", "BertPreTokenizer")
 
 
 @dataclass
@@ -48,6 +55,8 @@ class TextTokenizer:
         self._plain.no_truncation()
         self.num_special = self._plain.post_processor.num_special_tokens_to_add(False) \
             if self._plain.post_processor is not None else 0
+        self.space_cut = splits_at_spaces(json.loads(backend.to_str()).get("pre_tokenizer"))
+        self._chars_per_token = 2.0  # running estimate for the first cut (moves with what it sees)
         # Content tokens per chunk: room for the special tokens, the prefix (measured per call)
         # and a few tokens of slack, because a chunk's text is tokenized again with its prefix.
         self.chunk_overlap = chunk_overlap
@@ -69,6 +78,11 @@ class TextTokenizer:
         return self._tokenize_chunked(texts, prefix)
 
     def _tokenize_truncated(self, full_texts: list[str]) -> list[list[int]]:
+        if self.space_cut:
+            return self._tokenize_space_cut(full_texts)
+        return self._tokenize_char_cut(full_texts)
+
+    def _tokenize_char_cut(self, full_texts: list[str]) -> list[list[int]]:
         cut_at = self.max_tokens * CHARS_PER_TOKEN_BOUND + CUT_MARGIN_CHARS
         inputs = [t if len(t) <= cut_at else t[:cut_at] for t in full_texts]
         encodings = self._truncating.encode_batch_fast(inputs)
@@ -83,6 +97,46 @@ class TextTokenizer:
                 for i, enc in zip(redo, self._truncating.encode_batch_fast([full_texts[i] for i in redo])):
                     ids[i] = enc.ids
         return ids
+
+    def _tokenize_space_cut(self, texts: list[str]) -> list[list[int]]:
+        """Exact truncation without tokenizing what is thrown away: each long text is cut at a
+        space a little past where the limit is expected; a cut that yields too few tokens is
+        widened (from the ratio it showed) until it does, or the whole text is taken."""
+        need = self.max_tokens - self.num_special + CUT_SPARE_TOKENS
+        ids: list[list[int] | None] = [None] * len(texts)
+        cuts = [_space_cut(t, int(need * self._chars_per_token * 1.25) + 16) for t in texts]
+        char_bound = self.max_tokens * CHARS_PER_TOKEN_BOUND + CUT_MARGIN_CHARS
+        todo = list(range(len(texts)))
+        chars = tokens = 0
+        while todo:
+            spaceless = [i for i in todo if cuts[i] >= len(texts[i]) > char_bound]  # no space to cut at
+            if spaceless:
+                for i, seq in zip(spaceless, self._tokenize_char_cut([texts[i] for i in spaceless])):
+                    ids[i] = seq
+                todo = [i for i in todo if ids[i] is None]
+                if not todo:
+                    break
+            encodings = self._truncating.encode_batch_fast([texts[i][:cuts[i]] for i in todo])
+            again = []
+            for i, enc in zip(todo, encodings):
+                whole = cuts[i] >= len(texts[i])
+                if whole or self._overflow(enc) >= CUT_SPARE_TOKENS:
+                    ids[i] = enc.ids
+                    if not whole:
+                        chars += cuts[i]
+                        tokens += len(enc.ids) + self._overflow(enc)
+                    continue
+                got = max(1, len(enc.ids) - self.num_special + self._overflow(enc))
+                cuts[i] = _space_cut(texts[i], int(cuts[i] * need / got * 1.3) + 64)
+                again.append(i)
+            todo = again
+        if tokens:
+            self._chars_per_token = 0.8 * self._chars_per_token + 0.2 * (chars / tokens)
+        return ids  # type: ignore[return-value]
+
+    def _overflow(self, encoding) -> int:
+        """Content tokens past the limit (0 when the text was not truncated)."""
+        return sum(len(o.ids) - self.num_special for o in encoding.overflowing)
 
     def _tokenize_chunked(self, texts: list[str], prefix: str) -> TokenizedTexts:
         prefix_len = len(self._plain.encode(prefix, add_special_tokens=False).ids) if prefix else 0
@@ -116,6 +170,30 @@ class TextTokenizer:
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` with special tokens, untruncated; for reports and tests."""
         return len(self._plain.encode(text).ids)
+
+
+def splits_at_spaces(pre_tokenizer: dict | None) -> bool:
+    """Whether no token can span a space: Metaspace with splitting, the whitespace splitters,
+    or a Sequence holding one of them."""
+    if not pre_tokenizer:
+        return False
+    kind = pre_tokenizer.get("type")
+    if kind == "Sequence":
+        return any(splits_at_spaces(p) for p in pre_tokenizer.get("pretokenizers", []))
+    return (kind == "Metaspace" and pre_tokenizer.get("split", True)) or kind in SPACE_SPLITTERS
+
+
+def _space_cut(text: str, at: int) -> int:
+    """A cut position at or after `at`: before the first space of a run of spaces (so the
+    prefix ends in a non-space), or the whole text."""
+    if at >= len(text):
+        return len(text)
+    cut = text.find(" ", at)
+    if cut < 0:
+        return len(text)
+    while cut > 0 and text[cut - 1] == " ":
+        cut -= 1
+    return cut if cut > 0 else len(text)
 
 
 def _ends_before(encoding, char_limit: int) -> bool:

@@ -290,24 +290,46 @@ class ParquetSink:
             raise
 
     def _table(self, rows: list[SinkRecord]) -> pa.Table:
-        now = datetime.now(timezone.utc)
-        missing = [r.vector is None for r in rows]
-        zeros = np.zeros(self.dim, dtype=np.float32)
-        flat = np.concatenate([zeros if r.vector is None else np.asarray(r.vector, dtype=np.float32) for r in rows])
-        embeddings = pa.FixedSizeListArray.from_arrays(pa.array(flat), self.dim,
-                                                       mask=pa.array(missing) if any(missing) else None)
-        columns = {
-            "id": [r.id for r in rows],
-            "chunk": [r.chunk for r in rows],
-            "embedding": embeddings,
-            "model": [self.model_id] * len(rows),
-            "title": [r.title for r in rows], "url": [r.url for r in rows],
-            "source": [r.source for r in rows], "lang": [r.lang for r in rows],
-            "published_at": [r.published_at for r in rows],
-            "op": [r.op for r in rows],
-            "attrs": [json.dumps(r.attrs, ensure_ascii=False) if r.attrs else None for r in rows],
-            "kafka_topic": [r.topic for r in rows], "kafka_partition": [r.partition for r in rows],
-            "kafka_offset": [r.offset for r in rows],
-            "ingested_at": [r.ingested_at or now for r in rows],
-        }
-        return pa.Table.from_pydict(columns, schema=self.schema)
+        """One Arrow table from the rows, column by column (vectors stacked in one copy;
+        timestamps as integer microseconds, which keeps pyarrow away from its pandas path)."""
+        n, dim = len(rows), self.dim
+        now = _micros(datetime.now(timezone.utc))
+        flat = np.zeros((n, dim), dtype=np.float32)
+        missing = np.zeros(n, dtype=bool)
+        for i, r in enumerate(rows):
+            if r.vector is None:
+                missing[i] = True
+            else:
+                flat[i] = r.vector
+        embeddings = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim,
+                                                       mask=pa.array(missing) if missing.any() else None)
+        ts = self.schema.field("ingested_at").type
+        columns = [
+            pa.array([r.id for r in rows], pa.string()),
+            pa.array(np.fromiter((r.chunk for r in rows), np.int32, n)),
+            embeddings,
+            pa.array([self.model_id] * n, pa.string()),
+            pa.array([r.title for r in rows], pa.string()), pa.array([r.url for r in rows], pa.string()),
+            pa.array([r.source for r in rows], pa.string()), pa.array([r.lang for r in rows], pa.string()),
+            pa.array([_micros(r.published_at) for r in rows], pa.int64()).cast(ts),
+            pa.array([r.op for r in rows], pa.string()),
+            pa.array([json.dumps(r.attrs, ensure_ascii=False) if r.attrs else None for r in rows], pa.string()),
+            pa.array([r.topic for r in rows], pa.string()),
+            pa.array(np.fromiter((r.partition for r in rows), np.int32, n)),
+            pa.array(np.fromiter((r.offset for r in rows), np.int64, n)),
+            pa.array([now if r.ingested_at is None else _micros(r.ingested_at) for r in rows], pa.int64()).cast(ts),
+        ]
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _micros(ts: datetime | None) -> int | None:
+    """Microseconds since the epoch (exact; naive datetimes are taken as UTC)."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
