@@ -37,22 +37,31 @@ from workers.worker import EmbeddingWorker  # noqa: E402
 
 H100_DOCS_S = {"news": 10_900, "short": 55_000}  # measured forward rates, ../shared/bench/results
 TICK = os.sysconf("SC_CLK_TCK")
+TABLE = 16_384
 
 
 class StubForwardWorker(EmbeddingWorker):
-    """The real worker with the model forward replaced by an O(1)-per-document stub."""
+    """The real worker with the model forward replaced by an O(1)-per-document stub (the
+    padding of each batch, host work on a GPU box too, still runs)."""
 
     def setup(self) -> None:
         import numpy as np
 
         super().setup()
+        # 16,384 distinct unit vectors around 64 centres, as the anchors' Redis benchmark makes
+        # them (../shared/bench/redis_vadd_bench.py): Redis' insert cost depends on how the
+        # vectors spread (a few hundred distinct ones are far cheaper, uniform noise far dearer).
         rng = np.random.default_rng(0)
-        table = rng.standard_normal((256, self.encoder.dim)).astype(np.float32)
+        centres = rng.standard_normal((64, self.encoder.dim)).astype(np.float32)
+        table = centres[rng.integers(0, 64, TABLE)] + 0.35 * rng.standard_normal((TABLE, self.encoder.dim)).astype(np.float32)
         table /= np.linalg.norm(table, axis=1, keepdims=True)
+        weights = rng.integers(1, 2**31, size=4096)
 
         def launch(ids, padded_len):
-            keys = np.fromiter(((seq[1] if len(seq) > 1 else 0) + len(seq) for seq in ids), np.int64, len(ids))
-            return table[keys % 256]
+            input_ids, mask = self.encoder.pad(ids, padded_len)  # the host's part of a real launch
+            width = min(padded_len, 16)
+            keys = (input_ids[:, :width] * weights[:width]).sum(axis=1) + mask.sum(axis=1)
+            return table[keys % TABLE]
 
         self.encoder.launch = launch
         self.encoder.collect = lambda handle: handle
@@ -62,10 +71,41 @@ class StubForwardWorker(EmbeddingWorker):
         return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
 
 
+class ThreadedWorker(EmbeddingWorker):
+    """The real worker, unchanged, with only the thread listing the profile needs."""
+
+    def threads(self) -> dict[int, str]:
+        return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+
+
 def proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    """Every process below `pid` (tokenizer processes of the worker, for instance)."""
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                for child in f.read().split():
+                    out += [int(child), *children(int(child))]
+    except OSError:
+        pass
+    return out
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of `pid` itself and of the processes below it."""
+    kids = 0.0
+    for child in children(pid):
+        try:
+            kids += proc_cpu(child)
+        except OSError:
+            pass
+    return proc_cpu(pid), kids
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -121,8 +161,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="documents (default 20000 short, 6000 news)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the anchors' stand-in)")
     ap.add_argument("--tokenizer-threads", type=int, default=1)
+    ap.add_argument("--tokenizer-processes", type=int, default=0, help="model.tokenizer_processes (0: threads)")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--ef", type=int, default=200)
+    ap.add_argument("--cas", action="store_true", help="redis.cas: VADD ... CAS")
+    ap.add_argument("--forward", default="stub", choices=["stub", "zero-layer"],
+                    help="stub: O(1) per document; zero-layer: the real encoder on the zero-layer BERT (as `embedworker run`)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--shared", default=None)
     args = ap.parse_args()
@@ -147,12 +191,13 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="embedworker-hostpath-"))
     settings = settings_for(str(model_dir), tmp, tag,
-                            model={"tokenizer_threads": args.tokenizer_threads, "torch_threads": 1},
-                            redis={"shards": args.shards, "ef": args.ef},
+                            model={"tokenizer_threads": args.tokenizer_threads, "torch_threads": 1,
+                                   "tokenizer_processes": args.tokenizer_processes},
+                            redis={"shards": args.shards, "ef": args.ef, "cas": args.cas},
                             workers={"num_cpus": 1, "max_in_flight": 8192}, ray={"num_cpus": 2})
     produce(settings, docs)
     watcher = CommitWatcher(settings)
-    supervisor = StreamSupervisor(settings, worker_class=StubForwardWorker)
+    supervisor = StreamSupervisor(settings, worker_class=StubForwardWorker if args.forward == "stub" else ThreadedWorker)
     supervisor.start()  # returns when setup() is done; the run starts now
     import ray
 
@@ -164,7 +209,7 @@ def main() -> None:
         return sum(watcher.consumer.committed(tp) or 0 for tp in watcher.tps)
 
     def snapshot():
-        return (time.monotonic(), committed(), proc_cpu(pid), thread_cpu(pid),
+        return (time.monotonic(), committed(), tree_cpu(pid), thread_cpu(pid),
                 {k: proc_cpu(v) if v else 0.0 for k, v in pids.items()})
 
     try:
@@ -180,14 +225,17 @@ def main() -> None:
 
     docs_window = second[1] - first[1]
     seconds = second[0] - first[0]
-    worker_ms = (second[2] - first[2]) / docs_window * 1000
+    own_ms = (second[2][0] - first[2][0]) / docs_window * 1000
+    kids_ms = (second[2][1] - first[2][1]) / docs_window * 1000  # tokenizer processes (started on first use)
+    worker_ms = own_ms + kids_ms
     tok_ms = tok_cpu / n * 1000
     redis_ms = (second[4]["redis"] - first[4]["redis"]) / docs_window * 1000
     kafka_ms = (second[4]["kafka"] - first[4]["kafka"]) / docs_window * 1000
     rate = H100_DOCS_S[args.mix]
     res = {"bench": "hostpath", "machine": _cpu_name(), "date": time.strftime("%Y-%m-%d"), "mix": args.mix, "n": n,
-           "tokenizer": str(tokenizer_json.name), "tokenizer_threads": args.tokenizer_threads, "shards": args.shards,
-           "ef": args.ef, "window_docs": docs_window, "docs_s": round(docs_window / seconds, 1),
+           "tokenizer": str(tokenizer_json.name), "tokenizer_threads": args.tokenizer_threads,
+           "tokenizer_processes": args.tokenizer_processes, "shards": args.shards,
+           "ef": args.ef, "cas": args.cas, "forward": args.forward, "window_docs": docs_window, "docs_s": round(docs_window / seconds, 1),
            "worker_cpu_ms_per_doc": round(worker_ms, 4), "tokenize_cpu_ms_per_doc": round(tok_ms, 4),
            "overhead_cpu_ms_per_doc": round(worker_ms - tok_ms, 4), "redis_cpu_ms_per_doc": round(redis_ms, 4),
            "kafka_cpu_ms_per_doc": round(kafka_ms, 4),
@@ -197,6 +245,8 @@ def main() -> None:
     for tid, cpu in second[3].items():
         stage = stage_of(names.get(tid, "ray runtime / other"))
         stages[stage] = stages.get(stage, 0.0) + (cpu - first[3].get(tid, 0.0)) / docs_window * 1000
+    if kids_ms:
+        stages["tokenizer processes"] = kids_ms
     res["profile_cpu_ms_per_doc"] = {k: round(v, 4) for k, v in sorted(stages.items(), key=lambda kv: -kv[1]) if v > 0}
     if args.json:
         print(json.dumps(res))

@@ -33,6 +33,10 @@ def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
     cluster answers (status then relies on the Kafka group's members alone)."""
     connected_here = False
     if not ray.is_initialized():
+        if not settings.ray.address:
+            from pipelines.stream import quiet_local_ray_auth
+
+            quiet_local_ray_auth()
         try:
             ray.init(address=settings.ray.address or "auto", namespace=settings.ray.namespace,
                      include_dashboard=False, log_to_driver=False, configure_logging=False)

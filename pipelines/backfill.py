@@ -106,7 +106,7 @@ class BackfillJob:
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             w = self.settings.workers
             kwargs = dict(model=self.settings.model, documents=self.settings.documents, redis=self.settings.redis,
-                          parquet=self.settings.parquet, max_batch_tokens=self.settings.batching.max_batch_tokens,
+                          parquet=self.settings.parquet, batching=self.settings.batching,
                           state_dir=self.state_dir, job_id=self.job_id, day=job["day"],
                           max_message_bytes=self.settings.kafka.max_message_bytes)
             pool = (min(min_actors, len(pending)), max(1, min(max_actors or w.replicas, len(pending))))

@@ -89,9 +89,7 @@ class RetrievalEval:
             pipeline["seconds"] = round(time.monotonic() - t0, 1)
             ids, chunks, matrix = self._read_vectors()
             m = self.settings.model
-            encoder = Encoder.load(m.name, device=m.device, dtype=m.dtype, revision=m.revision,
-                                   document_prefix=m.document_prefix, query_prefix=m.query_prefix,
-                                   max_tokens=m.max_tokens)
+            encoder = Encoder.from_settings(m, self.settings.batching)
             qids = sorted(self.data.queries)
             qvecs = encoder.encode_queries([self.data.queries[q] for q in qids])
             exact = self._exact(ids, matrix, qids, qvecs)

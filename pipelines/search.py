@@ -56,11 +56,24 @@ def resolve_index(client, settings: EmbedworkerSettings, slug: str) -> VectorSet
     return index
 
 
+def list_indexes(client, key_prefix: str) -> list[str]:
+    """`{prefix}:{index}` of every index with a meta key (written when a sink starts on it),
+    and how many vectors each holds."""
+    out = []
+    for raw in sorted(client.scan_iter(match=f"{key_prefix}:*:meta", count=1000)):
+        base = (raw.decode() if isinstance(raw, bytes) else raw)[:-len(":meta")]
+        shards = int(client.hget(f"{base}:meta", "shards") or 1)
+        keys = [base] if shards == 1 else [f"{base}:{i}" for i in range(shards)]
+        out.append(f"{base} ({sum(int(client.execute_command('VCARD', k) or 0) for k in keys)} vectors)")
+    return out
+
+
 class Searcher:
     def __init__(self, settings: EmbedworkerSettings, encoder: Encoder | None = None):
         self.settings = settings
         self.encoder = encoder
         self._clients: list = []
+        self._present: list[bool] = []
         self.index: VectorSetIndex | None = None
 
     def setup(self) -> None:
@@ -68,9 +81,7 @@ class Searcher:
         s = self.settings
         if self.encoder is None:
             m = s.model
-            self.encoder = Encoder.load(m.name, device=m.device, dtype=m.dtype, revision=m.revision,
-                                        document_prefix=m.document_prefix, query_prefix=m.query_prefix,
-                                        max_tokens=m.max_tokens)
+            self.encoder = Encoder.from_settings(m, s.batching)
         urls = s.redis.shard_urls or [s.redis.url]
         by_url = {u: connect(s.redis, u) for u in dict.fromkeys(urls)}
         try:
@@ -78,6 +89,16 @@ class Searcher:
         except RedisError as exc:
             raise SearchError(str(explain_redis_error(exc, urls[0], s.redis) or f"Redis: {exc}")) from None
         self._clients = [by_url[urls[i % len(urls)]] for i in range(self.index.shards)]
+        try:
+            present = [bool(self._clients[i].exists(key)) for i, key in enumerate(self.index.shard_keys())]
+        except RedisError as exc:
+            err = explain_redis_error(exc, s.redis.url, s.redis)
+            raise SearchError(str(err) if err else f"Redis is unreachable: {exc}") from None
+        if not any(present):  # Redis removes a vector set with its last element: empty = missing
+            others = list_indexes(self._clients[0], s.redis.key_prefix)
+            raise SearchError(f"index {self.index.base} is empty or missing; indexes here: "
+                              + (", ".join(others) if others else f"none under {s.redis.key_prefix}:"))
+        self._present = present
 
     def search(self, query: str, k: int = 10, filter: str | None = None, ef: int | None = None) -> list[SearchHit]:
         vector = self.encoder.encode_queries([query])[0]
@@ -91,6 +112,8 @@ class Searcher:
         keys = self.index.shard_keys()
 
         def one(i: int):
+            if not self._present[i]:
+                return {}  # an empty shard: VSIM on a missing key has no reply to parse
             try:
                 return self._clients[i].vset().vsim(keys[i], blob, with_scores=True, with_attribs=True, count=count,
                                                     ef=ef, filter=filter) or {}

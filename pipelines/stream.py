@@ -61,7 +61,15 @@ def init_ray(settings: EmbedworkerSettings) -> None:
     if settings.ray.address:
         ray.init(address=settings.ray.address, **kwargs)
     else:
+        quiet_local_ray_auth()
         ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
+
+
+def quiet_local_ray_auth() -> None:
+    """For the local Ray the project starts (and finds again in `status`): Ray's default, token
+    authentication, stays on, but its 'Token authentication is enabled…' banner is not printed
+    on every command (that logger says nothing else). Clusters are left alone."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
 def actor_name(settings: EmbedworkerSettings, replica: int, run_id: str) -> str:

@@ -24,7 +24,7 @@ from workers.encode_stage import sink_records
 from workers.encoder import Encoder
 from workers.errors import SinkBackpressureError
 from workers.model_files import model_slug
-from workers.settings import DocumentSettings, ModelSettings, ParquetSettings, RedisSettings
+from workers.settings import BatchingSettings, DocumentSettings, ModelSettings, ParquetSettings, RedisSettings
 from workers.sinks.parquet import ParquetSink
 from workers.sinks.redis_vset import RedisVectorSetSink
 
@@ -116,21 +116,17 @@ class UnitEmbedder:
     the model and connections open on the first call."""
 
     def __init__(self, model: ModelSettings, documents: DocumentSettings, redis: RedisSettings,
-                 parquet: ParquetSettings, max_batch_tokens: int, state_dir: str, job_id: str, day: str,
+                 parquet: ParquetSettings, batching: BatchingSettings, state_dir: str, job_id: str, day: str,
                  max_message_bytes: int):
         self.model_settings, self.redis_settings, self.parquet_settings = model, redis, parquet
         self.limits = DocumentLimits(max_record_bytes=max_message_bytes, **documents.model_dump())
-        self.max_batch_tokens = max_batch_tokens
+        self.batching = batching
         self.state_dir, self.job_id, self.day = state_dir, job_id, day
         self._ready = False
 
     def _setup(self) -> None:
         m = self.model_settings
-        self.encoder = Encoder.load(m.name, device=m.device, dtype=m.dtype, revision=m.revision,
-                                    document_prefix=m.document_prefix, query_prefix=m.query_prefix,
-                                    max_tokens=m.max_tokens, chunking=m.chunking.enabled,
-                                    chunk_overlap=m.chunking.overlap, max_chunks=m.chunking.max_chunks,
-                                    max_batch_tokens=self.max_batch_tokens, tokenizer_threads=m.tokenizer_threads)
+        self.encoder = Encoder.from_settings(m, self.batching)
         self.redis = None
         if self.redis_settings.enabled:
             self.redis = RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
+
+import orjson
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -57,8 +59,11 @@ class RecordOrigin:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Document:
+    """A valid record (made once per record on the hot path: slots, not frozen; treat it as
+    read-only)."""
+
     id: str
     op: str                      # "upsert" or "delete"
     origin: RecordOrigin
@@ -106,25 +111,84 @@ def _parse(value: bytes | None, origin: RecordOrigin, limits: DocumentLimits) ->
         raise _Reject(NULL_VALUE, "record has no value (a tombstone); send {\"id\": ..., \"op\": \"delete\"} to delete")
     if len(value) > limits.max_record_bytes:
         raise _Reject(TOO_LARGE, f"record is {len(value)} bytes, over the limit of {limits.max_record_bytes}")
+    obj = _fast_loads(value)
+    if obj is None:
+        obj = _strict_loads(value)
+    if not isinstance(obj, dict):
+        raise _Reject(NOT_AN_OBJECT, f"value must be a JSON object, got {_json_type(obj)}")
+    return _validate(obj, origin, limits)
+
+
+def _fast_loads(value: bytes) -> Any:
+    """orjson's parse, taken only when it is certain to equal the strict one: valid UTF-8 and
+    RFC 8259 JSON (else orjson refuses), and no key twice in any object: every ':' of the raw
+    text is either one of the parsed pairs or one inside a parsed string, unless a key was
+    dropped (or a colon came as the escape \\u003a, which sends it to the strict path too).
+    None means "use the strict parser" (which also names the exact problem)."""
+    if b"\\u003" in value:
+        return None
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    pairs, colons = _pairs_and_colons(obj)
+    return obj if value.count(b":") == pairs + colons else None
+
+
+def _pairs_and_colons(v: Any) -> tuple[int, int]:
+    if type(v) is dict:  # the usual shape, flat: strings, numbers and one attrs object
+        pairs, colons = len(v), 0
+        for k, x in v.items():
+            colons += k.count(":")
+            if type(x) is str:
+                colons += x.count(":")
+            elif isinstance(x, (dict, list, str)):
+                p, c = _pairs_and_colons_nested(x)
+                pairs, colons = pairs + p, colons + c
+        return pairs, colons
+    return _pairs_and_colons_nested(v)
+
+
+def _pairs_and_colons_nested(v: Any) -> tuple[int, int]:
+    if isinstance(v, str):
+        return 0, v.count(":")
+    if isinstance(v, dict):
+        pairs, colons = len(v), 0
+        for k, x in v.items():
+            p, c = _pairs_and_colons_nested(x)
+            pairs, colons = pairs + p, colons + c + k.count(":")
+        return pairs, colons
+    if isinstance(v, list):
+        pairs = colons = 0
+        for x in v:
+            p, c = _pairs_and_colons_nested(x)
+            pairs, colons = pairs + p, colons + c
+        return pairs, colons
+    return 0, 0
+
+
+def _strict_loads(value: bytes) -> Any:
     try:
         raw = value.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _Reject(INVALID_UTF8, f"value is not valid UTF-8: {e.reason} at byte {e.start}") from None
     try:
-        obj = json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        return json.loads(raw, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
     except _Reject:
         raise
     except RecursionError:
         raise _Reject(INVALID_JSON, "value is not valid JSON: nesting too deep") from None
     except json.JSONDecodeError as e:
         raise _Reject(INVALID_JSON, f"value is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    if not isinstance(obj, dict):
-        raise _Reject(NOT_AN_OBJECT, f"value must be a JSON object, got {_json_type(obj)}")
 
+
+def _validate(obj: dict, origin: RecordOrigin, limits: DocumentLimits) -> Document:
     doc_id = _required_string(obj, "id")
     if len(doc_id.encode("utf-8")) > limits.max_id_bytes:
         raise _Reject(TOO_LARGE, f"field 'id' is {len(doc_id.encode('utf-8'))} bytes, over the limit of {limits.max_id_bytes}")
-    if any(unicodedata.category(c)[0] == "C" for c in doc_id):
+    # isprintable() is False for every category-C character (and for separators), so the
+    # per-character check only runs for ids that hold something unusual.
+    if not doc_id.isprintable() and any(unicodedata.category(c)[0] == "C" for c in doc_id):
         raise _Reject(INVALID_ID, "field 'id' contains control or unassigned characters")
     if doc_id.strip() != doc_id or not doc_id.strip():
         raise _Reject(INVALID_ID if doc_id.strip() else EMPTY_FIELD,
@@ -191,6 +255,9 @@ def _required_string(obj: dict, name: str) -> str:
 
 
 def _has_visible_content(text: str) -> bool:
+    stripped = text.lstrip()
+    if stripped and unicodedata.category(stripped[0])[0] not in "CZ":
+        return True  # the usual case, decided by the first character that is not a space
     return any(not c.isspace() and unicodedata.category(c)[0] not in ("C", "Z") for c in text)
 
 

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,14 +27,14 @@ from workers.sinks.base import SinkRecord
 log = logging.getLogger("embedworker.encode")
 
 
-@dataclass
+@dataclass(slots=True)
 class _DocState:
     doc: Document
     chunks: int
     vectors: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class _ChunkRef:
     state: _DocState
     chunk: int
@@ -44,13 +45,15 @@ def sink_records(doc: Document, vectors: dict[int, np.ndarray] | None, chunked: 
                  now: datetime) -> list[SinkRecord]:
     """The records a document becomes: one per chunk (an upsert), or one deletion."""
     o = doc.origin
-    common = dict(id=doc.id, op=doc.op, topic=o.topic, partition=o.partition, offset=o.offset, title=doc.title,
-                  url=doc.url, source=doc.source, lang=doc.lang, published_at=doc.published_at, attrs=doc.attrs,
-                  event_time_ms=o.timestamp_ms, ingested_at=now, chunked=chunked)
     if doc.op == "delete" or vectors is None:
-        return [SinkRecord(**common, chunk=0, chunks=0)]
-    n = len(vectors)
-    return [SinkRecord(**common, vector=vectors[k], chunk=k, chunks=n) for k in range(n)]
+        pieces = [(None, 0, 0)]
+    else:
+        pieces = [(vectors[k], k, len(vectors)) for k in range(len(vectors))]
+    return [SinkRecord(id=doc.id, op=doc.op, topic=o.topic, partition=o.partition, offset=o.offset, vector=vector,
+                       chunk=chunk, chunks=chunks, chunked=chunked, title=doc.title, url=doc.url, source=doc.source,
+                       lang=doc.lang, published_at=doc.published_at, attrs=doc.attrs, event_time_ms=o.timestamp_ms,
+                       ingested_at=now)
+            for vector, chunk, chunks in pieces]
 
 
 class EncodeStage:
@@ -107,10 +110,12 @@ class EncodeStage:
             pass
         for docs, future in items:
             tokenized = future.result()
-            states = [_DocState(d, tokenized.doc.count(i)) for i, d in enumerate(docs)]
+            counts = Counter(tokenized.doc) if self.chunked else None
+            states = [_DocState(d, counts[i] if counts is not None else 1) for i, d in enumerate(docs)]
             now = time.monotonic()
+            add = self.batcher.add
             for ids, doc_index, chunk in zip(tokenized.ids, tokenized.doc, tokenized.chunk):
-                self.batcher.add(_ChunkRef(states[doc_index], chunk, ids), len(ids), now)
+                add(_ChunkRef(states[doc_index], chunk, ids), len(ids), now)
 
     def _encode(self, batches) -> None:
         launched = None
@@ -131,10 +136,12 @@ class EncodeStage:
             log.debug("batch: %d texts, %d tokens (%d padded, length %d), %.1f ms", len(batch.items),
                       batch.real_tokens, batch.padded_tokens, batch.padded_len, seconds * 1000)
         now = datetime.now(timezone.utc)
+        ready = []
         for ref, vec in zip(batch.items, vectors):
             state = ref.state
             state.vectors[ref.chunk] = vec
             if len(state.vectors) == state.chunks:
                 o = state.doc.origin
-                self.ledger.fill((o.topic, o.partition), o.offset, sink_records(state.doc, state.vectors, self.chunked, now))
-                self.metrics.embedded()
+                ready.append(((o.topic, o.partition), o.offset, sink_records(state.doc, state.vectors, self.chunked, now)))
+        self.ledger.fill_many(ready)
+        self.metrics.embedded(len(ready))

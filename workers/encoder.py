@@ -14,6 +14,7 @@ Imports neither ray, kafka nor redis: it runs on a bare GPU box.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable
@@ -24,7 +25,7 @@ import torch
 from workers.batching import Batch, TokenBudgetBatcher
 from workers.errors import EncoderConfigError
 from workers.model_files import ModelFiles, read_model_files
-from workers.tokenizing import TextTokenizer, TokenizedTexts
+from workers.tokenizing import TextTokenizer, TokenizedTexts, TokenizerProcesses
 
 DEFAULT_MODEL = "exp-models/dragonkue-KoEn-E5-Tiny"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
@@ -37,7 +38,8 @@ class Encoder:
 
     def __init__(self, files: ModelFiles, model: torch.nn.Module, tokenizer: TextTokenizer, *,
                  device: torch.device, dtype: str, pad_token_id: int, document_prefix: str,
-                 query_prefix: str, max_batch_tokens: int, max_batch_size: int, tokenizer_threads: int):
+                 query_prefix: str, max_batch_tokens: int, max_batch_size: int, tokenizer_threads: int,
+                 tokenizer_processes: int = 0):
         self.files = files
         self.model = model
         self.tokenizer = tokenizer
@@ -54,13 +56,18 @@ class Encoder:
         self.max_tokens = tokenizer.max_tokens
         self.pad_to_multiple_of = 8 if device.type == "cuda" else 1
         self._pool = ThreadPoolExecutor(max_workers=tokenizer_threads, thread_name_prefix="tokenize")
+        # tokenizer_processes > 0: tokenizing runs in that many processes (more cores than one
+        # Python process gives the Rust tokenizer); the threads then only wait for them.
+        self._processes = TokenizerProcesses(tokenizer, tokenizer_processes) if tokenizer_processes > 0 else None
+        if self._processes is not None:
+            self._processes.start()
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None, *,
              revision: str | None = None, document_prefix: str = "passage: ", query_prefix: str = "query: ",
              max_tokens: int = 512, chunking: bool = False, chunk_overlap: int = 64, max_chunks: int = 32,
              max_batch_tokens: int = 16384, max_batch_size: int = 256, tokenizer_threads: int = 2,
-             torch_threads: int | None = None) -> "Encoder":
+             torch_threads: int | None = None, tokenizer_processes: int = 0) -> "Encoder":
         """Load a model by hub id, directory or `pkg:` name. `device`: None/"auto", "cpu",
         "cuda", "cuda:N"; `dtype`: None/"auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16",
         "bf16", or "int8" (CPU: smoothed dynamic quantization, see workers.quantization).
@@ -85,12 +92,26 @@ class Encoder:
         encoder = cls(files, net, tokenizer, device=dev, dtype=dt, pad_token_id=pad_id,
                       document_prefix=document_prefix, query_prefix=query_prefix,
                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                      tokenizer_threads=max(1, tokenizer_threads))
+                      tokenizer_threads=max(1, tokenizer_threads), tokenizer_processes=tokenizer_processes)
         if dt == "int8":
             from workers.quantization import CALIBRATION_TEXTS, quantize_int8
 
             encoder.model = quantize_int8(net, lambda: encoder.encode_documents(CALIBRATION_TEXTS))
         return encoder
+
+    @classmethod
+    def from_settings(cls, model, batching=None, device: str | None = None) -> "Encoder":
+        """The one place an encoder is built from settings (workers.settings.ModelSettings and
+        BatchingSettings), so the worker, backfill, search and eval honour every key alike.
+        `device` overrides model.device. Raises what `load` raises."""
+        m = model
+        extra = {} if batching is None else dict(max_batch_tokens=batching.max_batch_tokens,
+                                                 max_batch_size=batching.max_batch_size)
+        return cls.load(m.name, device=device or m.device, dtype=m.dtype, revision=m.revision,
+                        document_prefix=m.document_prefix, query_prefix=m.query_prefix, max_tokens=m.max_tokens,
+                        chunking=m.chunking.enabled, chunk_overlap=m.chunking.overlap, max_chunks=m.chunking.max_chunks,
+                        tokenizer_threads=m.tokenizer_threads, torch_threads=m.torch_threads,
+                        tokenizer_processes=m.tokenizer_processes, **extra)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -116,7 +137,12 @@ class Encoder:
 
     def submit_tokenize(self, texts: list[str]) -> Future:
         """Tokenize documents in the encoder's thread pool; the future's result is TokenizedTexts."""
-        return self._pool.submit(self.tokenize_documents, texts)
+        return self._submit(texts, self.document_prefix, None)
+
+    def _submit(self, texts: list[str], prefix: str, chunked: bool | None) -> Future:
+        if self._processes is not None:
+            return self._processes.submit(texts, prefix, chunked)
+        return self._pool.submit(self.tokenizer.tokenize, texts, prefix, chunked)
 
     def forward(self, ids: list[list[int]]) -> np.ndarray:
         """Vectors for one batch of token id lists (pads, runs the model, pools, normalizes)."""
@@ -128,6 +154,8 @@ class Encoder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._processes is not None:
+            self._processes.close()
 
     # ---- the pipeline -----------------------------------------------------------------------
 
@@ -136,14 +164,13 @@ class Encoder:
             raise TypeError("encode_*() takes a list of texts, not a single string")
         texts = list(texts)
         windows = [texts[i:i + TEXTS_PER_WINDOW] for i in range(0, len(texts), TEXTS_PER_WINDOW)]
-        tokenize = self.tokenizer.tokenize
-        pending = deque(self._pool.submit(tokenize, w, prefix, chunked) for w in windows[:2])
+        pending = deque(self._submit(w, prefix, chunked) for w in windows[:2])
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         base = 0
         for k, window in enumerate(windows):
             tokenized = pending.popleft().result()
             if k + 2 < len(windows):
-                pending.append(self._pool.submit(tokenize, windows[k + 2], prefix, chunked))
+                pending.append(self._submit(windows[k + 2], prefix, chunked))
             vectors = self._encode_tokenized(tokenized)
             parts.append((vectors, np.asarray(tokenized.doc, dtype=np.int64) + base,
                           np.asarray(tokenized.chunk, dtype=np.int32)))
@@ -174,16 +201,20 @@ class Encoder:
         longest = max((len(x) for x in ids), default=1)
         return -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
+    def pad(self, ids: list[list[int]], padded_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input ids, attention mask), int64 (n, padded_len), built in two vectorized steps
+        (host work that runs for every batch, on the GPU box too)."""
+        lengths = np.fromiter((len(seq) for seq in ids), dtype=np.int64, count=len(ids))
+        mask = np.arange(padded_len, dtype=np.int64)[None, :] < lengths[:, None]
+        input_ids = np.full((len(ids), padded_len), self.pad_token_id, dtype=np.int64)
+        input_ids[mask] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        return input_ids, mask.astype(np.int64)
+
     @torch.inference_mode()
     def launch(self, ids: list[list[int]], padded_len: int) -> torch.Tensor:
         """Queue the forward pass of one batch, padded to `padded_len`; returns a handle (normalized
         fp32 vectors on the device) for `collect`. On CUDA this returns before the GPU is done."""
-        n = len(ids)
-        input_ids = np.full((n, padded_len), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((n, padded_len), dtype=np.int64)
-        for row, seq in enumerate(ids):
-            input_ids[row, :len(seq)] = seq
-            mask[row, :len(seq)] = 1
+        input_ids, mask = self.pad(ids, padded_len)
         t_ids, t_mask = torch.from_numpy(input_ids), torch.from_numpy(mask)
         if self.device.type == "cuda":
             t_ids = t_ids.pin_memory().to(self.device, non_blocking=True)

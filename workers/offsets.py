@@ -50,26 +50,42 @@ class OffsetLedger:
 
     def add(self, tp: TP, offset: int, kind: str, payload: Any = None) -> None:
         """Called by the polling thread for every record, in offset order per partition."""
+        self.add_many([(tp, offset, kind, payload)])
+
+    def add_many(self, entries: list[tuple[TP, int, str, Any]]) -> None:
+        """`add` for one poll's records at once (one lock round trip)."""
+        notify = False
         with self._cond:
-            part = self._parts.setdefault(tp, _Partition())
-            if offset in part.by_offset or (part.slots and offset <= part.slots[-1].offset):
-                return  # delivered again (a rewind after a rebalance race): already tracked
-            slot = _Slot(offset, kind, payload, filled=kind != DOC)
-            part.slots.append(slot)
-            part.by_offset[offset] = slot
-            if kind != REJECT:
-                self._unreleased += 1
-            if slot.filled:
+            for tp, offset, kind, payload in entries:
+                part = self._parts.get(tp)
+                if part is None:
+                    part = self._parts[tp] = _Partition()
+                if offset in part.by_offset or (part.slots and offset <= part.slots[-1].offset):
+                    continue  # delivered again (a rewind after a rebalance race): already tracked
+                slot = _Slot(offset, kind, payload, filled=kind != DOC)
+                part.slots.append(slot)
+                part.by_offset[offset] = slot
+                if kind != REJECT:
+                    self._unreleased += 1
+                notify = notify or slot.filled
+            if notify:
                 self._cond.notify_all()
 
     def fill(self, tp: TP, offset: int, payload: Any) -> None:
         """Called by the encode thread when a document's vectors are ready."""
+        self.fill_many([(tp, offset, payload)])
+
+    def fill_many(self, filled: list[tuple[TP, int, Any]]) -> None:
+        """Called by the encode thread with the documents of one batch whose vectors are ready."""
+        if not filled:
+            return
         with self._cond:
-            part = self._parts.get(tp)
-            slot = part.by_offset.get(offset) if part else None
-            if slot is None or slot.filled:
-                return  # the partition was revoked meanwhile
-            slot.payload, slot.filled = payload, True
+            for tp, offset, payload in filled:
+                part = self._parts.get(tp)
+                slot = part.by_offset.get(offset) if part else None
+                if slot is None or slot.filled:
+                    continue  # the partition was revoked meanwhile
+                slot.payload, slot.filled = payload, True
             self._cond.notify_all()
 
     def ack_reject(self, tp: TP, offset: int) -> None:

@@ -119,6 +119,7 @@ class ModelSettings(_Section):
     chunking: ChunkingSettings = ChunkingSettings()
     text_template: str = "{title}\n{text}"
     tokenizer_threads: int = Field(2, gt=0)
+    tokenizer_processes: int = Field(0, ge=0)  # > 0: tokenize in that many processes of their own
     torch_threads: int | None = None
     # Used when `name` cannot be loaded (e.g. no hub access): the packaged offline model.
     fallback: str | None = None
@@ -166,6 +167,9 @@ class RedisSettings(_Section):
     quantization: Literal["q8", "noquant", "bin"] = "q8"
     ef: int = Field(200, gt=0)
     m: int = Field(16, ge=4)
+    # VADD ... CAS: the neighbour search of an insert runs on a Redis thread, and only the link
+    # step holds the main thread (see bench/RESULTS.md for when it pays).
+    cas: bool = False
     socket_timeout_s: float = Field(10.0, gt=0)
     retries: int = Field(3, ge=0)
     ssl_ca_certs: Path | None = None

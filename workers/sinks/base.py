@@ -18,9 +18,11 @@ import numpy as np
 TP = tuple[str, int]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SinkRecord:
-    """One vector (or one deletion) with its metadata and where it came from."""
+    """One vector (or one deletion) with its metadata and where it came from. Made once per
+    document on the hot path (slots, not frozen: a frozen dataclass sets each field through
+    object.__setattr__); treat it as read-only."""
 
     id: str
     op: str                            # "upsert" or "delete"
