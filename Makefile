@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down status test demo bench-encoder clean
+.PHONY: install up down status test test-fast demo bench-encoder clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ status:
 # pytest's exit 5 (a marker selection that collects nothing) counts as success.
 test: install
 	bash infra/local/services.sh run bash -c '$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc'
+
+# The tests that need no service (no Kafka, Redis or Ray): a few minutes.
+test-fast: install
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 demo: install
 	bash infra/local/services.sh up

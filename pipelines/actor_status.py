@@ -50,8 +50,10 @@ def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
             try:
                 stats = ray.get(ray.get_actor(name).stats.remote(), timeout=timeout_s)
                 entry.update(state=stats.get("state"), docs_per_s_1m=stats.get("docs_per_s_1m", 0.0),
-                             lag=stats.get("lag"), written=stats.get("written", 0), rejected=stats.get("rejected", 0),
-                             in_flight=stats.get("in_flight", 0), device=stats.get("device"), up=True)
+                             lag=stats.get("committed_lag", stats.get("lag")), written=stats.get("written", 0),
+                             rejected=stats.get("rejected", 0), in_flight=stats.get("in_flight", 0),
+                             paused=bool(stats.get("paused")), sink_error=stats.get("sink_error"),
+                             stalled_s=stats.get("stalled_s", 0.0), device=stats.get("device"), up=True)
             except (ValueError, GetTimeoutError, RayActorError, ActorDiedError, ActorUnavailableError) as exc:
                 entry.update(state=f"unavailable ({type(exc).__name__})", up=False)
             actors.append(entry)

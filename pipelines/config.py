@@ -9,6 +9,7 @@ ConfigError naming the key (`kafka.max_poll_records: Input should be greater tha
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -58,8 +59,9 @@ class EmbedworkerSettings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init kwargs carry the YAML file's content; the environment wins over it.
-        return env_settings, init_settings
+        # init kwargs carry the YAML file's content with the environment already merged in by
+        # load_settings (which reads EMBEDWORKER__* itself, so every error can name its origin).
+        return (init_settings,)
 
     def worker_kwargs(self) -> dict:
         """The EmbeddingWorker constructor arguments (plain, picklable section models)."""
@@ -74,9 +76,11 @@ class EmbedworkerSettings(BaseSettings):
         return data
 
 
-def load_settings(path: str | os.PathLike | None = None, overrides: dict | None = None) -> EmbedworkerSettings:
-    """Read the YAML file (if any), apply `overrides` (nested dict) and the environment, validate.
-    Raises ConfigError naming every bad key."""
+def load_settings(path: str | os.PathLike | None = None, overrides: dict | None = None,
+                  environ: dict[str, str] | None = None) -> EmbedworkerSettings:
+    """Read the YAML file (if any), apply `overrides` (nested dict) and the EMBEDWORKER__*
+    variables of `environ` (default: the process environment), validate. Raises ConfigError
+    naming every bad key and where its value came from (the file or the variable)."""
     data: dict = {}
     if path is not None:
         file = Path(path)
@@ -88,20 +92,88 @@ def load_settings(path: str | os.PathLike | None = None, overrides: dict | None 
             raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {file} must hold a mapping of sections (kafka:, model:, ...)")
+        for section, values in data.items():
+            if section in EmbedworkerSettings.model_fields and not isinstance(values, dict) and values is not None:
+                raise ConfigError(f"invalid configuration in {file}:\n  {section}: a section (a mapping of keys) "
+                                  f"is expected, got {type(values).__name__} {values!r}")
     for section, values in (overrides or {}).items():
         data.setdefault(section, {})
         data[section] = {**data[section], **values} if isinstance(values, dict) else values
+    origins: dict[tuple[str, ...], str] = {}
+    _merge_environment(data, os.environ if environ is None else environ, origins)
     try:
         return EmbedworkerSettings(**data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, path)) from None
+        raise ConfigError(_explain(exc, path, origins)) from None
 
 
-def _explain(exc: ValidationError, path) -> str:
+def _merge_environment(data: dict, environ, origins: dict) -> None:
+    """Put every EMBEDWORKER__SECTION__KEY[__SUBKEY] variable into `data`; lists and sections
+    given whole take JSON. Unknown variables are errors (a typo must not be ignored)."""
+    problems = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+        value: object = environ[name]
+        model, where = EmbedworkerSettings, []
+        for depth, part in enumerate(path):
+            fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+            if part not in fields:
+                known = ", ".join(sorted(fields)) or "none (it is a single value)"
+                problems.append(f"  {name}: unknown setting {'.'.join(path[:depth + 1])!r} (keys here: {known})")
+                break
+            model, where = _field_model(fields[part].annotation), where + [part]
+        else:
+            if len(path) < 2 and not (isinstance(model, type) and issubclass(model, BaseModel)):
+                problems.append(f"  {name}: name a key, e.g. {ENV_PREFIX}KAFKA__TOPIC")
+                continue
+            if _takes_json(model, fields[path[-1]].annotation):
+                try:
+                    value = json.loads(str(value))
+                except ValueError:
+                    problems.append(f"  {name}: expects {_json_hint(model, fields[path[-1]].annotation)}; "
+                                    f"got {str(value)[:60]!r}")
+                    continue
+            target = data
+            for part in path[:-1]:
+                if not isinstance(target.get(part), dict):
+                    target[part] = {}
+                target = target[part]
+            target[path[-1]] = value
+            origins[path] = name
+    if problems:
+        raise ConfigError("invalid configuration from the environment:\n" + "\n".join(problems))
+
+
+def _field_model(annotation):
+    """The pydantic model behind a field (for walking nested sections), else the annotation."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return annotation
+
+
+def _takes_json(model, annotation) -> bool:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return True
+    kinds = (annotation, *getattr(annotation, "__args__", ()))
+    return any(getattr(k, "__origin__", k) in (list, dict, tuple) for k in kinds)
+
+
+def _json_hint(model, annotation) -> str:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        keys = ", ".join(f'"{k}": ...' for k in list(model.model_fields)[:3])
+        return f"a section as a JSON object such as {{{keys}}} (or set its keys one by one)"
+    return 'a list as a JSON array such as ["redis://a:6379", "redis://b:6379"]'
+
+
+def _explain(exc: ValidationError, path, origins: dict | None = None) -> str:
     where = f" in {path}" if path else ""
-    lines = [f"invalid configuration{where} ({exc.error_count()} problem(s)):"]
+    lines = [f"invalid configuration ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc)
         value = err.get("input")
         if isinstance(value, str) and "://" in value:
             value = redact_url(value)
@@ -109,5 +181,9 @@ def _explain(exc: ValidationError, path) -> str:
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"  {key}: {message}{shown}; environment: {ENV_PREFIX}{key.upper().replace('.', '__')}")
+        source = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if origins and loc[:n] in origins), None)
+        origin = f"from the variable {source}" if source else (
+            f"{where.strip()}; or set {ENV_PREFIX}{key.upper().replace('.', '__')}" if where else
+            f"environment: {ENV_PREFIX}{key.upper().replace('.', '__')}")
+        lines.append(f"  {key}: {message}{shown}; {origin}")
     return "\n".join(lines)

@@ -164,12 +164,14 @@ class StreamSupervisor:
         for s in stats:
             counts[s.get("replica")] = s.get("written", 0)
             rate = (s.get("written", 0) - last.get(s.get("replica"), 0)) / max(interval, 1e-6)
-            log.info("replica %s %s: %.1f docs/s, lag %s, consumed %s, written %s, rejected %s, in flight %s, "
-                     "padding %s%s", s.get("replica"), s.get("state"), rate, s.get("lag", "?"), s.get("consumed", 0),
+            log.info("replica %s %s: %.1f docs/s, lag %s (committed), consumed %s, written %s, rejected %s, in flight %s, "
+                     "padding %s%s", s.get("replica"), s.get("state"), rate, s.get("committed_lag", "?"), s.get("consumed", 0),
                      s.get("written", 0), s.get("rejected", 0), s.get("in_flight", 0), s.get("padding_ratio", 0),
-                     f", sink error: {s['sink_error']}" if s.get("sink_error") else "",
+                     (f", paused, sink error: {s['sink_error']}" if s.get("sink_error") else
+                      f", paused: a sink write has run {s['stalled_s']} s" if s.get("stalled_s") else
+                      ", paused" if s.get("paused") else ""),
                      extra={"fields": {"replica": s.get("replica"), "docs_per_s": round(rate, 2),
-                                       "lag": s.get("lag"), "rejected": s.get("rejected", 0),
+                                       "lag": s.get("committed_lag"), "rejected": s.get("rejected", 0),
                                        "padding_ratio": s.get("padding_ratio", 0)}})
         return counts
 

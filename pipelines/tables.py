@@ -51,12 +51,12 @@ def print_status(report: dict, console: Console) -> None:
         console.print(f"[yellow]replicas: {a['error']}[/yellow]")
     elif a is not None:
         table = Table(title="replicas (through Ray)")
-        for col in ("replica", "state", "docs/s (1 min)", "lag", "written", "rejected", "in flight", "device"):
-            table.add_column(col, justify="right" if col not in ("state", "device") else "left")
+        for col in ("replica", "state", "docs/s (1 min)", "lag", "written", "rejected", "in flight", "input", "device"):
+            table.add_column(col, justify="right" if col not in ("state", "input", "device") else "left")
         for r in a["actors"]:
             table.add_row(str(r["replica"]), r["state"], str(r.get("docs_per_s_1m", "")), str(r.get("lag", "")),
                           str(r.get("written", "")), str(r.get("rejected", "")), str(r.get("in_flight", "")),
-                          str(r.get("device", "")), style=None if r.get("up") else "red")
+                          _input_state(r), str(r.get("device", "")), style=None if r.get("up") else "red")
         console.print(table)
     r = report["redis"]
     if "error" in r:
@@ -104,3 +104,14 @@ def eval_table(report: dict, k: int) -> Table:
     for row in report["results"]:
         table.add_row(row["name"], *(("" if row.get(c) is None else str(row[c])) for c in columns))
     return table
+
+
+def _input_state(r: dict) -> str:
+    """Whether a replica reads: 'reading', or 'paused' with why (a sink error or a stalled write)."""
+    if not r.get("up"):
+        return ""
+    if r.get("sink_error"):
+        return f"paused: {r['sink_error']}"[:80]
+    if r.get("stalled_s"):
+        return f"paused: sink write running {r['stalled_s']} s"
+    return "paused" if r.get("paused") else "reading"

@@ -29,6 +29,7 @@ class _Slot:
     kind: str
     payload: Any = None
     filled: bool = False
+    size: int = 0               # the record's bytes, for the in-flight byte bound
     released: bool = False
     acked: bool = False
 
@@ -47,26 +48,29 @@ class OffsetLedger:
         self._parts: dict[TP, _Partition] = {}
         self._cond = threading.Condition()
         self._unreleased = 0
+        self._unreleased_bytes = 0
 
-    def add(self, tp: TP, offset: int, kind: str, payload: Any = None) -> None:
+    def add(self, tp: TP, offset: int, kind: str, payload: Any = None, size: int = 0) -> None:
         """Called by the polling thread for every record, in offset order per partition."""
-        self.add_many([(tp, offset, kind, payload)])
+        self.add_many([(tp, offset, kind, payload, size)])
 
-    def add_many(self, entries: list[tuple[TP, int, str, Any]]) -> None:
-        """`add` for one poll's records at once (one lock round trip)."""
+    def add_many(self, entries: list[tuple[TP, int, str, Any, int]]) -> None:
+        """`add` for one poll's records at once (one lock round trip); entries are
+        (partition, offset, kind, payload, record bytes)."""
         notify = False
         with self._cond:
-            for tp, offset, kind, payload in entries:
+            for tp, offset, kind, payload, size in entries:
                 part = self._parts.get(tp)
                 if part is None:
                     part = self._parts[tp] = _Partition()
                 if offset in part.by_offset or (part.slots and offset <= part.slots[-1].offset):
                     continue  # delivered again (a rewind after a rebalance race): already tracked
-                slot = _Slot(offset, kind, payload, filled=kind != DOC)
+                slot = _Slot(offset, kind, payload, filled=kind != DOC, size=size)
                 part.slots.append(slot)
                 part.by_offset[offset] = slot
                 if kind != REJECT:
                     self._unreleased += 1
+                    self._unreleased_bytes += size
                 notify = notify or slot.filled
             if notify:
                 self._cond.notify_all()
@@ -124,6 +128,7 @@ class OffsetLedger:
                 slot.released = True
                 part.release_index += 1
                 self._unreleased -= 1
+                self._unreleased_bytes -= slot.size
                 out.append((tp, slot.offset, slot.payload))
                 slot.payload = None
         return out
@@ -161,12 +166,19 @@ class OffsetLedger:
             for tp in tps:
                 part = self._parts.pop(tp, None)
                 if part is not None:
-                    self._unreleased -= sum(1 for s in part.slots if not s.released and s.kind != REJECT)
+                    gone = [s for s in part.slots if not s.released and s.kind != REJECT]
+                    self._unreleased -= len(gone)
+                    self._unreleased_bytes -= sum(s.size for s in gone)
 
     def unreleased(self) -> int:
         """Records polled but not yet handed to the sinks (being validated, tokenized, encoded)."""
         with self._cond:
             return self._unreleased
+
+    def unreleased_bytes(self) -> int:
+        """Record bytes of the records `unreleased()` counts."""
+        with self._cond:
+            return self._unreleased_bytes
 
     def unreleased_in(self, tps: list[TP]) -> int:
         """Records of these partitions not yet handed to the sinks."""

@@ -197,7 +197,9 @@ class WorkersSettings(_Section):
     replicas: int = Field(1, ge=1)
     num_gpus: float = Field(1, ge=0)
     num_cpus: float = Field(1, ge=0)
-    max_in_flight: int = Field(4096, gt=0)
+    max_in_flight: int = Field(4096, gt=0)                       # documents polled, not yet written
+    max_in_flight_bytes: int = Field(256 * 1024 * 1024, gt=0)    # and their record bytes
+    sink_stall_s: float = Field(2.0, gt=0)  # a sink write running longer pauses the input at once
     max_restarts: int = Field(-1, ge=-1)
     drain_timeout_s: float = Field(60, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)  # prometheus_client port of replica 0 (+index)

@@ -22,7 +22,7 @@ log = logging.getLogger("embedworker.sinks")
 
 
 class SinkStage:
-    def __init__(self, sinks: list[Sink], ledger: OffsetLedger, metrics: WorkerMetrics):
+    def __init__(self, sinks: list[Sink], ledger: OffsetLedger, metrics: WorkerMetrics, stall_s: float = 2.0):
         self.sinks = sinks
         self.ledger = ledger
         self.metrics = metrics
@@ -30,6 +30,8 @@ class SinkStage:
         self.owned: set[TP] = set()
         self.pending: list[SinkRecord] = []
         self.blocked_until = 0.0
+        self.stall_s = stall_s
+        self._busy_since: float | None = None  # when the write or flush in progress began
         self.last_error: str | None = None
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -40,9 +42,16 @@ class SinkStage:
 
     @property
     def blocked(self) -> bool:
-        """True while a sink refuses data: during the retry delay, and until the records it
-        refused are written (the polling thread keeps the partitions paused meanwhile)."""
-        return time.monotonic() < self.blocked_until or self.last_error is not None
+        """True while a sink refuses data: during the retry delay, until the records it refused
+        are written, and while a write or flush has run longer than `stall_s` (a sink that
+        hangs pauses the input within seconds, before any timeout or retry gives up)."""
+        return time.monotonic() < self.blocked_until or self.last_error is not None or self.stalled_s >= self.stall_s
+
+    @property
+    def stalled_s(self) -> float:
+        """Seconds the write or flush in progress has been running (0 when none is)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def stop(self, timeout: float) -> bool:
         self._stop.set()
@@ -68,6 +77,7 @@ class SinkStage:
                 self.pending = [rec for tp, _, payload in self.ledger.take_ready(limit=2048) if tp in self.owned
                                 for rec in payload]
             wrote = bool(self.pending)
+            self._busy_since = time.monotonic()
             try:
                 if self.pending:
                     self._write(self.pending)
@@ -81,6 +91,8 @@ class SinkStage:
                     log.warning("sink backpressure, pausing input: %s", exc)
                 self.last_error = str(exc)
                 wrote = False
+            finally:
+                self._busy_since = None
             self.ledger.mark_durable(self.durable())
             return wrote
 

@@ -81,7 +81,7 @@ class EmbeddingWorker:
         self._state = "connecting"
         for sink in sinks:
             sink.setup()
-        self.sink_stage = SinkStage(sinks, self.ledger, self.metrics)
+        self.sink_stage = SinkStage(sinks, self.ledger, self.metrics, self.workers_settings.sink_stall_s)
         self.encode_stage = EncodeStage(self.encoder, self.ledger, self.metrics, self.batching.max_wait_ms,
                                         self.batching.max_padding, m.chunking.enabled)
         self.dlq = DeadLetterPublisher(self.kafka_settings)
@@ -146,6 +146,8 @@ class EmbeddingWorker:
             out.update(device=str(self.encoder.device), dtype=self.encoder.dtype,
                        torch_threads=torch.get_num_threads(), in_flight=self.ledger.unreleased(), pending_commit=self.ledger.pending(),
                        paused=self.source.paused, sink_error=self.sink_stage.last_error,
+                       stalled_s=round(self.sink_stage.stalled_s, 1), in_flight_bytes=self.ledger.unreleased_bytes(),
+                       committed_lag=out.get("lag", 0) + self.ledger.pending(),
                        partitions=[f"{t}:{p}" for t, p in self.ledger.partitions()])
         return out
 
@@ -186,13 +188,14 @@ class EmbeddingWorker:
             taken += 1
             result = parse_record(rec.value, origin, self.limits)
             if isinstance(result, Rejection):
-                entries.append((tp, rec.offset, REJECT, None))
+                entries.append((tp, rec.offset, REJECT, None, 0))
                 rejections.append(result)
             elif result.op == "delete":
-                entries.append((tp, rec.offset, DELETE, sink_records(result, None, self.model_settings.chunking.enabled, now)))
+                entries.append((tp, rec.offset, DELETE, sink_records(result, None, self.model_settings.chunking.enabled, now),
+                                0))
                 deleted += 1
             else:
-                entries.append((tp, rec.offset, DOC, None))
+                entries.append((tp, rec.offset, DOC, None, len(rec.value)))
                 docs.append(result)
         self.ledger.add_many(entries)  # before the DLQ writes: their acknowledgements find the slots
         for rejection in rejections:
@@ -211,7 +214,8 @@ class EmbeddingWorker:
         self.dlq.publish(rej, lambda: self.ledger.ack_reject((o.topic, o.partition), o.offset))
 
     def _apply_backpressure(self) -> None:
-        full = self.ledger.unreleased() >= self.workers_settings.max_in_flight
+        w = self.workers_settings
+        full = self.ledger.unreleased() >= w.max_in_flight or self.ledger.unreleased_bytes() >= w.max_in_flight_bytes
         should_pause = full or self.sink_stage.blocked
         if should_pause and not self.source.paused:
             self.source.pause()

@@ -147,6 +147,39 @@ def test_redis_down_for_15_seconds(stream_settings, private_redis):
     stream.check(client)
 
 
+def test_redis_hangs_the_input_pauses_within_seconds(stream_settings, private_redis):
+    """redis-server stopped with SIGSTOP: replies never come, no error is raised for a while;
+    the sink write counts as stalled after workers.sink_stall_s and the input pauses at once."""
+    port, run_dir = private_redis
+    settings = stream_settings(redis={"url": f"redis://127.0.0.1:{port}/0"}, workers={"sink_stall_s": 1.0})
+    client = redis.Redis(port=port)
+    pid = int((run_dir / f"redis-{port}" / "redis.pid").read_text().strip())
+    stream = Stream(settings, 2000, seed=5)
+    stream.send(600)
+    worker = WorkerThread(settings).start()
+    try:
+        wait_until(lambda: stream.committed() > 200, timeout=60, message="progress before the hang")
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            stream.send()
+            wait_until(lambda: worker.worker.stats()["paused"], timeout=15, message="paused while Redis hangs")
+            paused_after = time.monotonic() - stopped_at
+            stats = worker.worker.stats()
+            assert paused_after < 6.0 and stats["stalled_s"] >= 1.0, (paused_after, stats)
+            consumed = stats["consumed"]
+            time.sleep(2)
+            assert worker.worker.stats()["consumed"] - consumed <= settings.kafka.max_poll_records, \
+                "the worker kept reading while paused"
+            print(f"\nRedis hung: input paused {paused_after:.1f} s after SIGSTOP")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: all_committed(settings), timeout=120, message="catch-up after Redis resumed")
+    finally:
+        worker.stop()
+    stream.check(client)
+
+
 @pytest.fixture
 def private_kafka(tmp_path):
     port = 19192

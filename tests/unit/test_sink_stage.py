@@ -1,0 +1,71 @@
+"""The sink stage with a fake sink (no services): a write that hangs pauses the input within
+`sink_stall_s`, before any timeout or retry; the byte bound of the ledger counts what is in flight."""
+
+import threading
+import time
+
+from workers.metrics import WorkerMetrics
+from workers.offsets import DOC, OffsetLedger
+from workers.sink_stage import SinkStage
+from workers.sinks.base import SinkRecord
+
+
+class HangingSink:
+    name = "hanging"
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.given: list[int] = []
+
+    def write(self, records):
+        self.release.wait(30)
+        self.given += [r.offset for r in records]
+
+    def flush(self, now, force=False):
+        pass
+
+    def durable_offsets(self):
+        return {("t", 0): max(self.given)} if self.given else {}
+
+    def assign(self, partitions):
+        pass
+
+    def revoke(self, partitions, flush=True):
+        return {}
+
+    def close(self):
+        pass
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_a_hanging_write_blocks_the_input_within_stall_seconds():
+    ledger, sink = OffsetLedger(), HangingSink()
+    stage = SinkStage([sink], ledger, WorkerMetrics(0), stall_s=0.3)
+    stage.assign([("t", 0)])
+    stage.start()
+    ledger.add(("t", 0), 0, DOC, size=100)
+    ledger.fill(("t", 0), 0, [SinkRecord(id="a", op="upsert", topic="t", partition=0, offset=0)])
+    started = time.monotonic()
+    wait_until(lambda: stage.blocked)
+    assert 0.25 <= time.monotonic() - started < 3.0 and stage.stalled_s >= 0.3
+    sink.release.set()
+    wait_until(lambda: not stage.blocked)
+    wait_until(lambda: ledger.committable() == {("t", 0): 1})
+    stage.stop(5)
+
+
+def test_the_ledger_counts_in_flight_bytes_until_release_or_drop():
+    ledger = OffsetLedger()
+    ledger.add_many([(("t", 0), 0, DOC, None, 1000), (("t", 0), 1, DOC, None, 500), (("t", 1), 0, DOC, None, 7)])
+    assert ledger.unreleased_bytes() == 1507
+    ledger.fill(("t", 0), 0, ["x"])
+    ledger.take_ready()
+    assert ledger.unreleased_bytes() == 507
+    ledger.drop([("t", 1)])
+    assert ledger.unreleased_bytes() == 500
