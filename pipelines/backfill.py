@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Callable
@@ -158,14 +159,18 @@ def switch_alias(settings: EmbedworkerSettings, index: str) -> None:
 def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = None,
                  on_progress: Callable[[dict], None] | None = None, target: str | None = None,
                  timeout_s: float | None = None) -> dict:
-    """Consume `topic` from the beginning to its end offsets as of now, with its own consumer
-    group, through the streaming worker and sinks; returns when everything up to there is
-    committed. Raises BackfillError if that takes longer than `timeout_s` (no limit if None)."""
+    """Consume `topic` from the beginning to its end offsets as of now, with a consumer group of
+    this run's own (unless `group` names one to resume), through the streaming worker and sinks;
+    returns when everything up to there is committed. With `target`, the search alias moves to it
+    only when the replicas wrote (or rejected) every record of the range and the index holds
+    vectors. Raises BackfillError if that takes longer than `timeout_s` (no limit if None) or
+    falls short (the alias then stays where it was)."""
     from pipelines.status import kafka_status
 
     settings = with_target(settings, target)
     kafka = settings.kafka.model_copy(update={"topic": topic, "start": "earliest",
-                                              "group_id": group or f"{settings.kafka.group_id}-replay-{topic}"})
+                                              "group_id": group or
+                                              f"{settings.kafka.group_id}-replay-{topic}-{uuid.uuid4().hex[:8]}"})
     settings = settings.model_copy(update={"kafka": kafka})
     status = kafka_status(settings)
     if "error" in status:
@@ -173,6 +178,8 @@ def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = 
     ends = {p["partition"]: p["end"] for p in status["partitions"]}
     if not ends:
         raise BackfillError(f"topic {topic!r} does not exist or has no partitions")
+    begins = beginning_offsets(settings, topic, list(ends))
+    expected = sum(end - begins.get(p, 0) for p, end in ends.items())
     stop = {f"{topic}:{p}": end for p, end in ends.items()}
     supervisor = StreamSupervisor(settings, stop_offsets=stop)
     started = time.monotonic()
@@ -192,7 +199,51 @@ def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = 
     results = supervisor.supervise(until=finished, poll_s=1.0)
     if not done:
         raise BackfillError(f"replaying {topic!r} did not finish in {timeout_s:.0f} s")
+    counts = {k: sum(int(r.get(k, 0) or 0) for r in results) for k in ("consumed", "written", "rejected", "deleted")}
+    summary = {"topic": topic, "group": kafka.group_id, "end_offsets": ends, "records": expected, **counts,
+               "seconds": round(time.monotonic() - started, 1), "replicas": results}
     if target:
+        vectors = index_size(settings, target)
+        upserts = counts["written"] - counts["deleted"]
+        if counts["written"] + counts["rejected"] < expected or (upserts > 0 and vectors == 0):
+            raise BackfillError(
+                f"replay of {topic!r} into index {target!r} fell short: {expected} records in the range, the "
+                f"replicas report {counts['written']} written and {counts['rejected']} rejected, and the index holds "
+                f"{vectors} vectors; the search alias was not moved (a replica restarted mid-run also loses its "
+                "counts: run the replay again)")
         switch_alias(settings, target)
-    return {"topic": topic, "group": kafka.group_id, "end_offsets": ends, "records": sum(ends.values()),
-            "seconds": round(time.monotonic() - started, 1), "replicas": results}
+        summary["vectors"] = vectors
+    return summary
+
+
+def beginning_offsets(settings: EmbedworkerSettings, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The first offset still held per partition (retention may have removed earlier ones)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    k = settings.kafka
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=k.bootstrap_servers.split(","), enable_auto_commit=False,
+                                 **k.security.client_options())
+    except KafkaError as exc:
+        raise BackfillError(f"cannot read the beginning offsets of {topic!r}: {exc}") from None
+    try:
+        found = consumer.beginning_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: off for tp, off in found.items()}
+    except KafkaError as exc:
+        raise BackfillError(f"cannot read the beginning offsets of {topic!r}: {exc}") from None
+    finally:
+        consumer.close(autocommit=False)
+
+
+def index_size(settings: EmbedworkerSettings, index: str) -> int:
+    """Vectors in every shard of `index` (shard i on `shard_urls[i % n]`, as the sink places it)."""
+    r = settings.redis
+    urls = r.shard_urls or [r.url]
+    clients = {u: connect(r, u) for u in dict.fromkeys(urls)}
+    try:
+        keys = VectorSetIndex(r.key_prefix, index, r.shards).shard_keys()
+        return sum(int(clients[urls[i % len(urls)]].execute_command("VCARD", key) or 0) for i, key in enumerate(keys))
+    finally:
+        for client in clients.values():
+            client.close()

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("backfill", cmd_backfill, "embed stored documents: files through Ray Data, or a bounded topic replay")
     p.add_argument("--input", default=None, help="glob of JSONL or Parquet files (local paths or URIs)")
     p.add_argument("--replay-topic", default=None, help="consume this topic up to its current end, then stop")
-    p.add_argument("--replay-group", default=None, help="consumer group for the replay (default <group>-replay-<topic>)")
+    p.add_argument("--replay-group", default=None, help="consumer group to resume a replay with (default: a new group per run, from the beginning)")
     p.add_argument("--target", default=None, help="write to this new index and point the search alias at it at the end")
     p.add_argument("--state-dir", default=None, help="where done markers and rejects go (default <parquet.path>/_backfill)")
     p.add_argument("--unit-mb", type=float, default=8.0, help="JSONL bytes per work unit (default 8)")

@@ -186,3 +186,20 @@ def test_replay_stops_by_itself_at_the_end_offsets_captured_at_start(
     group = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"group_id": summary["group"]})})
     assert committed_offsets(group) == ends_at_start
     assert sum(end_offsets(settings).values()) == 400
+
+
+def test_two_model_upgrades_in_a_row_each_replay_the_whole_topic(
+        ray_cluster, kafka_bootstrap, redis_url, redis_client, tiny_model_dir, tmp_path, unique):
+    """Each replay has a consumer group of its own, so a second upgrade reads everything again
+    (it used to resume from the first one's offsets, index nothing and still move the alias)."""
+    from pipelines.search import alias_key
+
+    settings = make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique)
+    create_topic(settings, partitions=3)
+    produce(settings, [doc(f"d-{i}", f"story number {i}") for i in range(120)])
+    for target in ("v1", "v2"):
+        summary = replay_topic(settings, settings.kafka.topic, target=target)
+        assert (summary["records"], summary["written"], summary["rejected"], summary["vectors"]) == (120, 120, 0, 120)
+        assert vcard(redis_client, settings, target) == 120
+        assert redis_client.get(alias_key(settings)) == target.encode()
+    assert vcard(redis_client, settings, "v1") == 120  # the old index stays until dropped
