@@ -23,13 +23,14 @@ from datetime import datetime, timezone
 from typing import Callable
 
 import fsspec
+from pydantic import ValidationError
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.search import alias_key
 from pipelines.stream import StreamSupervisor, init_ray
 from workers.backfill_units import Unit, UnitEmbedder, plan_units, write_json_atomic
 from workers.errors import EmbedworkerError
-from workers.model_files import model_slug
+from workers.settings import RedisSettings
 from workers.sinks.redis_vset import VectorSetIndex, connect
 
 
@@ -50,7 +51,11 @@ def resolve_inputs(pattern: str) -> list[str]:
 def with_target(settings: EmbedworkerSettings, target: str | None) -> EmbedworkerSettings:
     if not target:
         return settings
-    return settings.model_copy(update={"redis": settings.redis.model_copy(update={"index": target})})
+    try:
+        redis = RedisSettings.model_validate({**settings.redis.model_dump(), "index": target})
+    except ValidationError as exc:
+        raise BackfillError(f"--target: {exc.errors()[0]['msg']}") from None
+    return settings.model_copy(update={"redis": redis})
 
 
 class BackfillJob:
@@ -59,7 +64,7 @@ class BackfillJob:
         self.settings = with_target(settings, target)
         self.target = target
         self.paths = resolve_inputs(pattern)
-        index = self.settings.redis.index or model_slug(self.settings.model.name)
+        index = self.settings.redis.index_name(self.settings.model.name)
         digest = hashlib.sha1("\n".join(self.paths + [index, self.settings.model.name]).encode()).hexdigest()
         self.job_id = digest[:12]
         root = state_dir or f"{self.settings.parquet.path.rstrip('/')}/_backfill"
@@ -122,8 +127,7 @@ class BackfillJob:
             switch_alias(self.settings, self.target)
         summary = _totals(self.done_units().values())
         summary.update(job_id=self.job_id, units=len(units), state_dir=self.state_dir,
-                       rejects_file=self.merge_rejects(), index=self.settings.redis.index or
-                       model_slug(self.settings.model.name), alias_switched=bool(self.target))
+                       rejects_file=self.merge_rejects(), index=self.settings.redis.index_name(self.settings.model.name), alias_switched=bool(self.target))
         return summary
 
     def merge_rejects(self) -> str | None:

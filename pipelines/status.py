@@ -19,7 +19,7 @@ from pipelines.search import alias_key, resolve_index
 from workers.kafka_source import kafka_error_message
 from workers.model_files import model_slug
 from workers.settings import redact_url
-from workers.sinks.parquet import list_files, open_filesystem
+from workers.sinks.parquet import index_of, list_files, open_filesystem
 from workers.sinks.redis_vset import connect, explain_redis_error
 
 
@@ -134,23 +134,29 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
 
 
 def parquet_status(settings: EmbedworkerSettings, topic: str | None = None) -> dict:
+    """Files, rows and bytes per index folder (`index=<name>`; "-" for files of the layout
+    before index folders), and the highest offset per partition of the index this config writes."""
     p = settings.parquet
     if not p.enabled:
         return {"enabled": False}
+    index = settings.redis.index_name(settings.model.name)
     try:
         fs, root = open_filesystem(p.path)
         files = list_files(fs, root)
-        rows = size = 0
-        for path, _ in files:
-            with fs.open_input_file(path) as f:
-                rows += pq.ParquetFile(f).metadata.num_rows
-                size += f.size()
+        indexes: dict[str, dict] = {}
         per_partition: dict[str, int] = {}
-        for _, m in files:
-            if topic is None or m["topic"] == topic:
+        for path, m in files:
+            name = index_of(path[len(root):]) or "-"
+            entry = indexes.setdefault(name, {"files": 0, "rows": 0, "bytes": 0})
+            with fs.open_input_file(path) as f:
+                entry["rows"] += pq.ParquetFile(f).metadata.num_rows
+                entry["bytes"] += f.size()
+            entry["files"] += 1
+            if name == index and (topic is None or m["topic"] == topic):
                 key = f"{m['topic']}:{int(m['partition'])}"
                 per_partition[key] = max(per_partition.get(key, -1), int(m["last"]))
-        return {"path": root, "files": len(files), "rows": rows, "bytes": size, "highest_offset": per_partition}
+        totals = {k: sum(e[k] for e in indexes.values()) for k in ("files", "rows", "bytes")}
+        return {"path": root, **totals, "index": index, "indexes": indexes, "highest_offset": per_partition}
     except Exception as exc:  # noqa: BLE001 - a status report shows the error instead of failing
         return {"error": f"Parquet at {p.path}: {exc}"}
 

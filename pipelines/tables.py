@@ -75,6 +75,13 @@ def print_status(report: dict, console: Console) -> None:
         console.print(f"[red]parquet: {p['error']}[/red]")
     elif p.get("enabled", True):
         console.print(f"Parquet {p['path']}: {p['files']} files, {p['rows']} rows, {p['bytes'] / 1e6:.1f} MB")
+        table = Table(title="Parquet per index")
+        for col in ("index", "files", "rows", "MB"):
+            table.add_column(col, justify="left" if col == "index" else "right")
+        for name, e in sorted(p["indexes"].items()):
+            label = name + (" (this config)" if name == p["index"] else "") if name != "-" else "- (before index folders)"
+            table.add_row(label, str(e["files"]), str(e["rows"]), f"{e['bytes'] / 1e6:.1f}")
+        console.print(table)
     if "problems" in report:
         for problem in report["problems"]:
             console.print(f"[red]unhealthy: {problem}[/red]")

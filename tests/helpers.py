@@ -122,11 +122,13 @@ def header(record, name: str) -> str | None:
     return None
 
 
-def read_parquet(settings: EmbedworkerSettings):
+def read_parquet(settings: EmbedworkerSettings, index: str | None = None):
+    """Every row under parquet.path (with `index` and `dt` from the folders), or one index's."""
     path = Path(settings.parquet.path)
     if not path.exists() or not list(path.rglob("*.parquet")):
         return None
-    return ds.dataset(str(path), format="parquet", partitioning="hive").to_table()
+    dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
+    return dataset.to_table(filter=None if index is None else ds.field("index") == index)
 
 
 class WorkerThread:

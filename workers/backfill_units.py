@@ -133,8 +133,8 @@ class UnitEmbedder:
             self.redis.setup()
         self.parquet = None
         if self.parquet_settings.enabled:
-            self.parquet = ParquetSink(self.parquet_settings, m.name, self.encoder.revision, self.encoder.dim,
-                                       m.document_prefix)
+            self.parquet = ParquetSink(self.parquet_settings, self.redis_settings.index_name(m.name), m.name,
+                                       self.encoder.revision, self.encoder.dim, m.document_prefix)
             self.parquet.setup()
         self._ready = True
 

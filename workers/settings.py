@@ -7,11 +7,16 @@ from files (`*_file`), read only when a connection opens.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from workers.model_files import model_slug
+
+INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class _Section(BaseModel):
@@ -175,6 +180,17 @@ class RedisSettings(_Section):
     ssl_ca_certs: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @field_validator("index")
+    @classmethod
+    def _index_name(cls, v):
+        if v is not None and not INDEX_NAME.fullmatch(v):
+            raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names a key and a folder), got {v!r}")
+        return v
+
+    def index_name(self, model_name: str) -> str:
+        """The index written and searched: `index`, or the model's slug."""
+        return self.index or model_slug(model_name)
 
     @field_validator("url", "shard_urls")
     @classmethod

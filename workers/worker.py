@@ -74,8 +74,8 @@ class EmbeddingWorker:
         if self.redis_settings.enabled:
             sinks.append(RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim))
         if self.parquet_settings.enabled:
-            sinks.append(ParquetSink(self.parquet_settings, m.name, self.encoder.revision, self.encoder.dim,
-                                     m.document_prefix))
+            sinks.append(ParquetSink(self.parquet_settings, self.redis_settings.index_name(m.name), m.name,
+                                     self.encoder.revision, self.encoder.dim, m.document_prefix))
         if not sinks:
             raise EmbedworkerError("redis.enabled and parquet.enabled are both false: nothing to write to")
         self._state = "connecting"

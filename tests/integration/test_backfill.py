@@ -202,4 +202,9 @@ def test_two_model_upgrades_in_a_row_each_replay_the_whole_topic(
         assert (summary["records"], summary["written"], summary["rejected"], summary["vectors"]) == (120, 120, 0, 120)
         assert vcard(redis_client, settings, target) == 120
         assert redis_client.get(alias_key(settings)) == target.encode()
+        copy = read_parquet(settings, index=target)
+        assert copy.num_rows == 120 == len(set(zip(copy["kafka_partition"].to_pylist(),
+                                                   copy["kafka_offset"].to_pylist()))), "a full Parquet copy per index"
+        assert set(copy["id"].to_pylist()) == {f"d-{i}" for i in range(120)}
     assert vcard(redis_client, settings, "v1") == 120  # the old index stays until dropped
+    assert read_parquet(settings).num_rows == 240 and read_parquet(settings, index="v1").num_rows == 120

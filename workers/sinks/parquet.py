@@ -1,12 +1,20 @@
-"""Parquet files: rolling, Hive-partitioned by day, one source partition's contiguous offsets per file.
+"""Parquet files: rolling, Hive-partitioned by index and day, one source partition's contiguous
+offsets per file.
 
-    {path}/dt=2026-11-27/{topic}-p{partition:05d}-o{first:019d}-{last:019d}.parquet
+    {path}/index={index}/dt=2026-11-27/{topic}-p{partition:05d}-o{first:019d}-{last:019d}.parquet
 
-A file is written to a temporary name, fsynced and renamed (object stores: written in one
-go, which is atomic there), so a reader never sees half a file. Records arrive in offset order
-per partition and a file holds one partition's run of offsets, so the highest `last` in the
-folder is everything this partition has in Parquet, whichever worker wrote it: on assignment
-the sink reads it from the file names and skips what it already holds. Nothing is written twice.
+The index is the vector-set index the worker writes (`redis.index`, `--target`, or the model
+slug), so a model upgrade writes a complete second copy beside the first and a reader selects
+one with `index=...`. A file is written to a temporary name, fsynced and renamed (object stores:
+written in one go, which is atomic there), so a reader never sees half a file. Records arrive in
+offset order per partition and a file holds one partition's run of offsets, so the highest `last`
+in the index's folder is everything this partition has in that index, whichever worker wrote it:
+on assignment the sink reads it from the file names and skips what it already holds. Nothing is
+written twice.
+
+Files of the layout before the index folder (`{path}/dt=.../...`) are still read by everything
+that reads the folder; the sink counts them as held by every index of the model that wrote them
+(the file's `embedworker.model` metadata), so upgrading embedworker writes nothing twice.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from workers.errors import SinkBackpressureError, SinkError
 from workers.settings import ParquetSettings
 from workers.sinks.base import TP, SinkRecord
 
+INDEX_FOLDER = re.compile(r"(?:^|/)index=(?P<index>[^/]+)/")
 FILE_NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-o(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 SCHEMA_VERSION = "1"
 # Dictionary encoding only where values repeat: on the embeddings it costs more than half the
@@ -57,6 +66,19 @@ def open_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(path)
     local = os.path.abspath(path.removeprefix("file://"))
     return pafs.LocalFileSystem(), local
+
+
+def index_of(path: str) -> str | None:
+    """The index a file belongs to, from its `index=` folder; None for the layout before it."""
+    m = INDEX_FOLDER.search(path)
+    return m["index"] if m else None
+
+
+def file_model(fs: pafs.FileSystem, path: str) -> str:
+    """The model that wrote a file (its `embedworker.model` metadata; "" when absent)."""
+    with fs.open_input_file(path) as f:
+        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    return meta.get(b"embedworker.model", b"").decode()
 
 
 def list_files(fs: pafs.FileSystem, root: str) -> list[tuple[str, re.Match]]:
@@ -88,19 +110,22 @@ class ParquetSink:
 
     name = "parquet"
 
-    def __init__(self, settings: ParquetSettings, model_id: str, model_revision: str | None, dim: int,
+    def __init__(self, settings: ParquetSettings, index: str, model_id: str, model_revision: str | None, dim: int,
                  document_prefix: str):
         self.settings = settings
+        self.index = index
         self.model_id = model_id
         self.dim = dim
         self.schema = parquet_schema(dim).with_metadata({
             "embedworker.schema_version": SCHEMA_VERSION, "embedworker.model": model_id,
             "embedworker.model_revision": model_revision or "", "embedworker.dim": str(dim),
             "embedworker.document_prefix": document_prefix, "embedworker.normalization": "l2",
+            "embedworker.index": index,
         })
         self._fs: pafs.FileSystem | None = None
         self._root = ""
         self._local = True
+        self._legacy_models: dict[str, str] = {}  # files of the layout before index folders -> model
         self._held: dict[TP, int] = {}     # highest offset already in Parquet, per partition
         self._given: dict[TP, int] = {}    # highest offset handed to this sink
         self._buffers: dict[TP, _Buffer] = {}          # open: still taking rows
@@ -139,12 +164,25 @@ class ParquetSink:
     def _read_held(self, partitions: list[TP]) -> None:
         wanted = set(partitions)
         held = {tp: -1 for tp in partitions}
-        for _, m in list_files(self._fs, self._root):
+        for path, m in list_files(self._fs, self._root):
             tp = (m["topic"], int(m["partition"]))
-            if tp in wanted:
+            if tp in wanted and self._holds(path):
                 held[tp] = max(held[tp], int(m["last"]))
         with self._cond:
             self._held.update(held)
+
+    def _holds(self, path: str) -> bool:
+        """Whether a file counts for this sink's index: its own folder, or an older file (no index
+        folder) written by the same model."""
+        index = index_of(path[len(self._root):])
+        if index is not None:
+            return index == self.index
+        if path not in self._legacy_models:
+            try:
+                self._legacy_models[path] = file_model(self._fs, path)
+            except OSError as exc:
+                raise SinkBackpressureError(f"cannot read Parquet file {path}: {exc}") from None
+        return self._legacy_models[path] == self.model_id
 
     def held_offsets(self) -> dict[TP, int]:
         with self._cond:
@@ -257,9 +295,9 @@ class ParquetSink:
                 self._cond.notify_all()
 
     def write_rows(self, rows: list[SinkRecord], topic: str, partition: int, first: int, last: int, day: str) -> str:
-        """Write one file of `rows` under dt=`day`, named by topic, partition and offset range
-        (replacing a file of the same name). Raises SinkBackpressureError when it cannot."""
-        folder = f"{self._root}/dt={day}"
+        """Write one file of `rows` under index=`self.index`/dt=`day`, named by topic, partition and
+        offset range (replacing a file of the same name). Raises SinkBackpressureError when it cannot."""
+        folder = f"{self._root}/index={self.index}/dt={day}"
         final = f"{folder}/{file_name(topic, partition, first, last)}"
         table = self._table(rows)
         try:
