@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down status test test-fast demo bench-encoder clean
+.PHONY: install up down status test test-fast lint plots demo bench-encoder clean
 
 install: $(STAMP)
 
@@ -34,6 +34,15 @@ test: install
 # The tests that need no service (no Kafka, Redis or Ray): a few minutes.
 test-fast: install
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# ruff (lint and import order) on everything, mypy on workers/ (configured in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# PNG charts from the recorded benchmark results (bench/results/*.json -> bench/plots/).
+plots: install
+	$(PY) bench/plots.py
 
 demo: install
 	bash infra/local/services.sh up

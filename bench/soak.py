@@ -31,13 +31,13 @@ def main() -> None:
 
     import psutil
     import ray
-    from kafka import KafkaProducer
-
     from encoder import _cpu_name
+    from kafka import KafkaProducer
+    from stream import CommitWatcher, cleanup
+
     from pipelines.config import load_settings
     from pipelines.produce import ensure_topic
     from pipelines.stream import StreamSupervisor
-    from stream import CommitWatcher, cleanup
     from workers import logs
     from workers.testing import make_random_model
 

@@ -44,6 +44,7 @@ def settings_for(model_name: str, tmp: Path, tag: str, **extra):
 
 def produce(settings, docs: list[dict]) -> None:
     from kafka import KafkaProducer
+
     from pipelines.produce import ensure_topic
 
     ensure_topic(settings, settings.kafka.topic, 3)
@@ -77,6 +78,7 @@ def cleanup(settings) -> None:
     import shutil
 
     from kafka import KafkaAdminClient
+
     from workers.sinks.redis_vset import connect
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -185,7 +187,8 @@ def latency(model: str, rate: float, seconds: float, tmp: Path) -> dict:
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 1),
             "latency_ms_p99": round(float(np.percentile(lat, 99)), 1),
-            "latency_ms_max": round(float(lat.max()), 1)}
+            "latency_ms_max": round(float(lat.max()), 1),
+            "latency_ms": [round(float(x), 2) for x in lat]}  # every sample (bench/plots.py draws the CDF)
 
 
 def main() -> None:
@@ -199,9 +202,11 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--shared", default=None)
+    ap.add_argument("--out", default=None, help="also write the JSON here (bench/plots.py reads bench/results/)")
     args = ap.parse_args()
 
     from encoder import _cpu_name, find_shared, load_docs
+
     from workers import logs
     from workers.testing import make_random_model
 
@@ -219,7 +224,9 @@ def main() -> None:
         tiny = str(make_random_model(Path(tempfile.gettempdir()) / "embedworker-bench-tiny"))
         res["latency_model"] = "tiny random BERT"
         res.update(latency(tiny, args.rate, args.seconds, tmp))
-    print(json.dumps(res), flush=True)
+    print(json.dumps({k: v for k, v in res.items() if k != "latency_ms"}), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 import fsspec
 from pydantic import ValidationError
@@ -30,8 +30,9 @@ from pipelines.search import alias_key
 from pipelines.stream import StreamSupervisor, init_ray
 from workers.backfill_units import Unit, UnitEmbedder, plan_units, write_json_atomic
 from workers.errors import EmbedworkerError
+from workers.kafka_clients import kafka_error_message, new_consumer
 from workers.settings import RedisSettings
-from workers.sinks.redis_vset import VectorSetIndex, connect
+from workers.sinks.redis_vset import VectorSetIndex, check_reachable, connect
 
 
 class BackfillError(EmbedworkerError):
@@ -80,7 +81,7 @@ class BackfillJob:
             with self.fs.open(job_file) as f:
                 job = json.load(f)
         else:
-            job = {"job_id": self.job_id, "inputs": self.paths, "day": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            job = {"job_id": self.job_id, "inputs": self.paths, "day": datetime.now(UTC).strftime("%Y-%m-%d"),
                    "model": self.settings.model.name, "index": self.settings.redis.index, "units": len(units)}
             write_json_atomic(f"{self.state_dir}/job.json", job)
         done = self.done_units()
@@ -102,6 +103,8 @@ class BackfillJob:
         import ray.data
 
         units, pending, job = self.plan()
+        if self.settings.redis.enabled:
+            check_reachable(self.settings.redis)  # else Ray Data retries the units for as long as Redis is away
         done_before = self.done_units()
         if on_start:
             on_start(len(units), len(units) - len(pending), _totals(done_before.values()))
@@ -182,6 +185,8 @@ def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = 
     ends = {p["partition"]: p["end"] for p in status["partitions"]}
     if not ends:
         raise BackfillError(f"topic {topic!r} does not exist or has no partitions")
+    if settings.redis.enabled:
+        check_reachable(settings.redis)
     begins = beginning_offsets(settings, topic, list(ends))
     expected = sum(end - begins.get(p, 0) for p, end in ends.items())
     stop = {f"{topic}:{p}": end for p, end in ends.items()}
@@ -222,20 +227,19 @@ def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = 
 
 def beginning_offsets(settings: EmbedworkerSettings, topic: str, partitions: list[int]) -> dict[int, int]:
     """The first offset still held per partition (retention may have removed earlier ones)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
     from kafka.errors import KafkaError
 
     k = settings.kafka
     try:
-        consumer = KafkaConsumer(bootstrap_servers=k.bootstrap_servers.split(","), enable_auto_commit=False,
-                                 **k.security.client_options())
+        consumer = new_consumer(k, "replay-offsets")
     except KafkaError as exc:
-        raise BackfillError(f"cannot read the beginning offsets of {topic!r}: {exc}") from None
+        raise BackfillError(f"cannot read the beginning offsets of {topic!r}: {kafka_error_message(exc, k)}") from None
     try:
         found = consumer.beginning_offsets([TopicPartition(topic, p) for p in partitions])
         return {tp.partition: off for tp, off in found.items()}
     except KafkaError as exc:
-        raise BackfillError(f"cannot read the beginning offsets of {topic!r}: {exc}") from None
+        raise BackfillError(f"cannot read the beginning offsets of {topic!r}: {kafka_error_message(exc, k)}") from None
     finally:
         consumer.close(autocommit=False)
 

@@ -2,6 +2,8 @@
 
 The only module that parses arguments and prints tables; everything it calls returns values.
 Exit codes: 0 ok, 1 a failure the message explains, 2 a configuration error, 3 unhealthy (status).
+A service that fails (Kafka, Redis, Ray, storage) is one line in words and exit 1 (`status`: 3);
+`--debug` (or log level DEBUG) prints the traceback as well.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ import logging
 import signal
 import sys
 import time
+import traceback
 
-from rich.console import Console
+import redis
+from kafka.errors import KafkaError
+from rich.console import Console, Group
 
 from pipelines.config import ConfigError, EmbedworkerSettings, load_settings
-from workers import logs
 from pipelines.tables import eval_table, print_status, search_table, summary_table
-from workers.errors import EmbedworkerError
+from workers import logs
+from workers.errors import EmbedworkerError, ModelNotFoundError
+from workers.kafka_clients import kafka_error_message
+from workers.settings import redact_url
 
 log = logging.getLogger("embedworker.cli")
 console = Console(stderr=False)
@@ -27,6 +34,7 @@ err_console = Console(stderr=True)
 
 def _settings(args) -> EmbedworkerSettings:
     settings = load_settings(args.config)
+    args.settings = settings  # for the error messages of main()
     logs.configure(args.log_level or settings.logging.level, settings.logging.json_format or None)
     for secret in (settings.redis.password, settings.kafka.security.sasl_password):
         if secret is not None:
@@ -79,10 +87,15 @@ def cmd_search(args) -> int:
 
 def cmd_status(args) -> int:
     from pipelines.status import collect_status
-
     from pipelines.stream import resolve_model
 
-    settings, _ = resolve_model(_settings(args))  # the index is named after the model the workers use
+    settings = _settings(args)
+    try:
+        settings, _ = resolve_model(settings)  # the index is named after the model the workers use
+    except ModelNotFoundError:
+        pass  # status reports on the services; the configured name still names the index
+    if args.watch:
+        return watch_status(settings, args)
     report = collect_status(settings, window_s=args.window, actors=not args.no_actors)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=1, default=str))
@@ -91,8 +104,40 @@ def cmd_status(args) -> int:
     return 3 if report["problems"] else 0
 
 
+def watch_status(settings: EmbedworkerSettings, args) -> int:
+    """`status --watch`: the report refreshed in place every --interval seconds (each refresh
+    reads the offsets twice that far apart, so rates and lag growth stay current) until Ctrl-C;
+    exits with the last report's code."""
+    from rich.live import Live
+    from rich.text import Text
+
+    from pipelines.status import collect_status
+    from pipelines.tables import status_view
+
+    header = Text(f"embedworker status --watch, every {args.interval:g} s (Ctrl-C to leave)", style="dim")
+    report = collect_status(settings, window_s=0, actors=not args.no_actors)
+    refreshes = 0
+    try:
+        with Live(Group(header, status_view(report)), console=console, auto_refresh=False) as live:
+            while not args.count or refreshes < args.count:
+                report = collect_status(settings, window_s=args.interval, actors=not args.no_actors)
+                live.update(Group(Text(f"{header.plain} — {report['time']}", style="dim"), status_view(report)),
+                            refresh=True)
+                refreshes += 1
+    except KeyboardInterrupt:
+        pass
+    return 3 if report["problems"] else 0
+
+
 def cmd_backfill(args) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from pipelines.backfill import BackfillJob, replay_topic
     from pipelines.stream import resolve_model
@@ -179,11 +224,13 @@ def cmd_model_export(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedworker", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: logging.level)")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name, fn, help_text, config_required=True):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("-c", "--config", required=config_required, default=None, help="YAML config file")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of a failure too")
         p.set_defaults(fn=fn)
         return p
 
@@ -202,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between two offset readings, to see if the lag grows (0: one reading)")
     p.add_argument("--no-actors", action="store_true", help="do not ask the replicas through Ray")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="a live view, refreshed in place until Ctrl-C")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch (default 5)")
+    p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)  # refreshes, then exit (tests, captures)
     p = command("backfill", cmd_backfill, "embed stored documents: files through Ray Data, or a bounded topic replay")
     p.add_argument("--input", default=None, help="glob of JSONL or Parquet files (local paths or URIs)")
     p.add_argument("--replay-topic", default=None, help="consume this topic up to its current end, then stop")
@@ -245,9 +295,27 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/red]")
         return 2
-    except EmbedworkerError as exc:
-        err_console.print(f"[red]error: {exc}[/red]")
-        return 1
+    except (EmbedworkerError, KafkaError, redis.RedisError, OSError) as exc:
+        settings = getattr(args, "settings", None)
+        err_console.print(f"[red]error: {failure_sentence(exc, settings)}[/red]", highlight=False)
+        level = args.log_level or (settings.logging.level if settings is not None else "")
+        if args.debug or str(level).upper() == "DEBUG":
+            err_console.print(traceback.format_exc(), highlight=False, markup=False)
+        return 3 if args.command == "status" else 1
+
+
+def failure_sentence(exc: BaseException, settings: EmbedworkerSettings | None) -> str:
+    """One line that says which service failed and what to check."""
+    if isinstance(exc, EmbedworkerError):
+        return str(exc)
+    if isinstance(exc, KafkaError):
+        if settings is None:
+            return f"Kafka: {type(exc).__name__}: {exc}"
+        return kafka_error_message(exc, settings.kafka)
+    if isinstance(exc, redis.RedisError):
+        where = redact_url(settings.redis.url) if settings is not None else "the configured server"
+        return f"Redis at {where}: {type(exc).__name__}: {exc} (check redis.url and that the server runs)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

@@ -18,8 +18,16 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workers.errors import EmbedworkerError
-from workers.settings import (BatchingSettings, DocumentSettings, KafkaSettings, ModelSettings, ParquetSettings,
-                              RedisSettings, WorkersSettings, redact_url)
+from workers.settings import (
+    BatchingSettings,
+    DocumentSettings,
+    KafkaSettings,
+    ModelSettings,
+    ParquetSettings,
+    RedisSettings,
+    WorkersSettings,
+    redact_url,
+)
 
 ENV_PREFIX = "EMBEDWORKER__"
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 from rich.console import Console
 
@@ -22,6 +21,7 @@ from pipelines.produce import produce_file
 from pipelines.search import Searcher
 from pipelines.status import collect_status
 from pipelines.stream import StreamSupervisor, resolve_model
+from workers.kafka_clients import new_admin
 from workers.sinks.redis_vset import connect
 
 FEED = Path(__file__).parent / "demo_data" / "news_sample.jsonl"
@@ -30,7 +30,7 @@ FEED = Path(__file__).parent / "demo_data" / "news_sample.jsonl"
 def reset(settings: EmbedworkerSettings) -> None:
     """Remove what an earlier demo run left: topics, the group's offsets, keys, Parquet files."""
     k = settings.kafka
-    admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers.split(","), **k.security.client_options())
+    admin = new_admin(k, "demo")
     try:
         existing = [t for t in (k.topic, k.dead_letter_topic) if t in admin.list_topics()]
         if existing:
@@ -79,7 +79,7 @@ def run_demo(settings: EmbedworkerSettings, console: Console) -> int:
     print_status(collect_status(settings, check_health=False), console)
     searcher = Searcher(settings)
     searcher.setup()
-    week_ago = int(datetime(2026, 11, 20, tzinfo=timezone.utc).timestamp())
+    week_ago = int(datetime(2026, 11, 20, tzinfo=UTC).timestamp())
     for query, filter_expr in (("반도체 수출이 늘었다", None), ("typhoon cancels flights", None),
                                ("interest rates", f'.lang == "ko" and .published_at >= {week_ago}')):
         hits = searcher.search(query, k=5, filter=filter_expr)

@@ -30,7 +30,7 @@ class EvalSet:
 
     @classmethod
     def load(cls, corpus: str | Path | None = None, queries: str | Path | None = None,
-             qrels: str | Path | None = None) -> "EvalSet":
+             qrels: str | Path | None = None) -> EvalSet:
         """Read the three files (the shipped set for any not given). Raises EvalDataError."""
         docs = {d["_id"]: d for d in _jsonl(Path(corpus or SHIPPED / "eval_corpus.jsonl"), ("_id", "text"))}
         qs = {q["_id"]: q["text"] for q in _jsonl(Path(queries or SHIPPED / "eval_queries.jsonl"), ("_id", "text"))}
@@ -100,7 +100,7 @@ def retrieval_metrics(ranked: dict[str, list[str]], qrels: dict[str, dict[str, i
         idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
         ndcg += dcg / idcg if idcg else 0.0
         relevant = {d for d, g in rel.items() if g > 0}
-        recall += len(relevant & set(top)) / len(relevant)
+        recall += len(relevant & set(top)) / len(relevant) if relevant else 0.0  # judged, none relevant: 0
         mrr += next((1.0 / (i + 1) for i, d in enumerate(top) if d in relevant), 0.0)
     n = max(1, len(qrels))
     return {f"ndcg@{k}": round(ndcg / n, 4), f"recall@{k}": round(recall / n, 4), f"mrr@{k}": round(mrr / n, 4)}

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from pipelines.backfill import replay_topic
@@ -31,6 +30,7 @@ from pipelines.eval_data import EvalSet, retrieval_metrics
 from pipelines.produce import produce_file
 from pipelines.search import Searcher
 from workers.encoder import Encoder
+from workers.kafka_clients import new_admin
 from workers.model_files import model_slug
 from workers.sinks.base import SinkRecord
 from workers.sinks.parquet import open_filesystem
@@ -190,8 +190,7 @@ class RetrievalEval:
         """Remove the eval topic, its keys and its Parquet folder (best effort)."""
         s = self.settings
         try:
-            admin = KafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers.split(","),
-                                     **s.kafka.security.client_options())
+            admin = new_admin(s.kafka, "eval")
             try:
                 topics = [t for t in (s.kafka.topic, s.kafka.dead_letter_topic) if t in admin.list_topics()]
                 if topics:

@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipelines.config import EmbedworkerSettings
 from workers.errors import SourceError
-from workers.kafka_source import kafka_error_message
+from workers.kafka_clients import kafka_error_message, new_admin, new_producer
 
 
 def ensure_topic(settings: EmbedworkerSettings, topic: str, partitions: int) -> bool:
     """Create `topic` with `partitions` partitions if it does not exist; True if created."""
     k = settings.kafka
     try:
-        admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers.split(","), **k.security.client_options())
+        admin = new_admin(k, "produce")
     except KafkaError as exc:
         raise SourceError(kafka_error_message(exc, k)) from None
     try:
@@ -51,8 +50,10 @@ def produce_file(settings: EmbedworkerSettings, path: str | Path, partitions: in
     k = settings.kafka
     created = ensure_topic(settings, k.topic, partitions)
     ensure_topic(settings, k.dead_letter_topic, partitions)
-    producer = KafkaProducer(bootstrap_servers=k.bootstrap_servers.split(","), acks="all", linger_ms=20,
-                             max_request_size=k.max_message_bytes, **k.security.client_options())
+    try:
+        producer = new_producer(k, "produce", linger_ms=20)
+    except KafkaError as exc:
+        raise SourceError(kafka_error_message(exc, k)) from None
     sent = 0
     try:
         with open(path, "rb") as f:

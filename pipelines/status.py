@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.search import alias_key, resolve_index
-from workers.kafka_source import kafka_error_message
+from workers.kafka_clients import kafka_error_message, new_admin
 from workers.model_files import model_slug
 from workers.settings import redact_url
 from workers.sinks.parquet import index_of, list_files, open_filesystem
@@ -57,8 +57,7 @@ def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
     twice that far apart, giving produce and commit rates and whether the lag grows."""
     k = settings.kafka
     try:
-        admin = KafkaAdminClient(bootstrap_servers=k.bootstrap_servers.split(","), request_timeout_ms=10000,
-                                 **k.security.client_options())
+        admin = new_admin(k, "status", request_timeout_ms=10000)
     except KafkaError as exc:
         return {"error": kafka_error_message(exc, k)}
     try:
@@ -94,12 +93,10 @@ def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
 
 def _offsets(admin: KafkaAdminClient, k) -> tuple[dict[int, int], dict[int, int]]:
     _, ends = topic_offsets(admin, k.topic)
-    committed = {}
-    try:
-        group = admin.list_group_offsets(k.group_id).get(k.group_id, {})
-        committed = {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == k.topic}
-    except KafkaError:
-        pass
+    # A group that does not exist has no offsets (an empty answer); an error is not "nothing
+    # committed" and propagates, so an unreachable coordinator never reads as growing lag.
+    group = admin.list_group_offsets(k.group_id).get(k.group_id, {})
+    committed = {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == k.topic}
     return ends, committed
 
 
@@ -161,9 +158,13 @@ def parquet_status(settings: EmbedworkerSettings, topic: str | None = None) -> d
         return {"error": f"Parquet at {p.path}: {exc}"}
 
 
+DLQ_STUCK_S = 30.0  # a rejection unacknowledged this long is a problem (one resend period)
+
+
 def health(report: dict, replicas: int) -> list[str]:
     """Why the pipeline is unhealthy (empty when it is fine): a service that does not answer,
-    lag that grew over the window, fewer live replicas than configured."""
+    lag that grew over the window, fewer live replicas than configured, a replica whose rejected
+    records the DLQ does not take (for longer than DLQ_STUCK_S) or whose polls fail."""
     problems = []
     k = report["kafka"]
     if "error" in k:
@@ -178,6 +179,13 @@ def health(report: dict, replicas: int) -> list[str]:
     for actor in report.get("actors", {}).get("actors", []):
         if not actor.get("up"):
             problems.append(f"replica {actor['replica']} is {actor['state']}")
+            continue
+        if actor.get("dlq_unacked") and actor.get("dlq_unacked_s", 0) >= DLQ_STUCK_S:
+            problems.append(f"replica {actor['replica']}: {actor['dlq_unacked']} rejected record(s) not taken by the "
+                            f"DLQ topic for {actor['dlq_unacked_s']:.0f} s, their partitions commit no further: "
+                            f"{actor.get('dlq_error') or 'no acknowledgement'}")
+        if actor.get("source_error"):
+            problems.append(f"replica {actor['replica']}: polling fails: {actor['source_error']}")
     for part in ("redis", "parquet"):
         if "error" in report[part]:
             problems.append(f"{part}: {report[part]['error']}")

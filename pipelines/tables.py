@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 
 def search_table(query: str, hits, index: str, filter_expr: str | None = None) -> Table:
@@ -16,7 +17,7 @@ def search_table(query: str, hits, index: str, filter_expr: str | None = None) -
                        ("published_at", "")):
         table.add_column(col, style=style or None, overflow="fold")
     for i, h in enumerate(hits, 1):
-        published = (datetime.fromtimestamp(h.published_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        published = (datetime.fromtimestamp(h.published_at, UTC).strftime("%Y-%m-%d %H:%M")
                      if isinstance(h.published_at, (int, float)) else "")
         table.add_row(str(i), f"{h.score:.4f}", h.id + (f"#{h.chunk}" if h.chunk else ""), h.title or "",
                       h.url or "", published)
@@ -25,9 +26,15 @@ def search_table(query: str, hits, index: str, filter_expr: str | None = None) -
 
 def print_status(report: dict, console: Console) -> None:
     """Print the status report (what `embedworker status` and the demo show)."""
+    console.print(status_view(report))
+
+
+def status_view(report: dict) -> Group:
+    """The status report as one renderable (printed once, or refreshed by `status --watch`)."""
+    parts: list = []
     k = report["kafka"]
     if "error" in k:
-        console.print(f"[red]kafka: {k['error']}[/red]")
+        parts.append(Text(f"kafka: {k['error']}", style="red"))
     else:
         table = Table(title=f"Kafka {k['topic']} (group {k['group']}), dead letters in {k['dlq_topic']}: "
                             f"{k['dlq_records']}")
@@ -36,19 +43,19 @@ def print_status(report: dict, console: Console) -> None:
         for p in k["partitions"]:
             table.add_row(str(p["partition"]), str(p["committed"]), str(p["end"]), str(p["lag"]))
         table.add_row("all", "", "", str(k["total_lag"]), style="bold")
-        console.print(table)
+        parts.append(table)
         if "window_s" in k:
-            console.print(f"over {k['window_s']} s: {k['produced_per_s']} records/s produced, "
-                          f"{k['committed_per_s']} committed/s, lag {k['lag_before']} -> {k['total_lag']}")
+            parts.append(Text(f"over {k['window_s']} s: {k['produced_per_s']} records/s produced, "
+                              f"{k['committed_per_s']} committed/s, lag {k['lag_before']} -> {k['total_lag']}"))
         members = Table(title=f"group {k['group']}: {k['group_state']}, {len(k['members'])} member(s)")
         for col in ("client id", "host", "partitions"):
             members.add_column(col)
         for m in k["members"]:
             members.add_row(m["client_id"], m["host"], ",".join(map(str, m["partitions"])))
-        console.print(members)
+        parts.append(members)
     a = report.get("actors")
     if a is not None and "error" in a:
-        console.print(f"[yellow]replicas: {a['error']}[/yellow]")
+        parts.append(Text(f"replicas: {a['error']}", style="yellow"))
     elif a is not None:
         table = Table(title="replicas (through Ray)")
         for col in ("replica", "state", "docs/s (1 min)", "lag", "written", "rejected", "in flight", "input", "device"):
@@ -57,10 +64,10 @@ def print_status(report: dict, console: Console) -> None:
             table.add_row(str(r["replica"]), r["state"], str(r.get("docs_per_s_1m", "")), str(r.get("lag", "")),
                           str(r.get("written", "")), str(r.get("rejected", "")), str(r.get("in_flight", "")),
                           _input_state(r), str(r.get("device", "")), style=None if r.get("up") else "red")
-        console.print(table)
+        parts.append(table)
     r = report["redis"]
     if "error" in r:
-        console.print(f"[red]redis: {r['error']}[/red]")
+        parts.append(Text(f"redis: {r['error']}", style="red"))
     elif r.get("enabled", True):
         table = Table(title=f"Redis vector sets ({r['total_vectors']} vectors"
                             + (f", alias -> {r['alias']}" if r.get("alias") else "") + ")")
@@ -69,24 +76,25 @@ def print_status(report: dict, console: Console) -> None:
         table.add_column("server")
         for key in r["keys"]:
             table.add_row(key["key"], str(key["vectors"]), key["server"])
-        console.print(table)
+        parts.append(table)
     p = report["parquet"]
     if "error" in p:
-        console.print(f"[red]parquet: {p['error']}[/red]")
+        parts.append(Text(f"parquet: {p['error']}", style="red"))
     elif p.get("enabled", True):
-        console.print(f"Parquet {p['path']}: {p['files']} files, {p['rows']} rows, {p['bytes'] / 1e6:.1f} MB")
+        parts.append(Text(f"Parquet {p['path']}: {p['files']} files, {p['rows']} rows, {p['bytes'] / 1e6:.1f} MB"))
         table = Table(title="Parquet per index")
         for col in ("index", "files", "rows", "MB"):
             table.add_column(col, justify="left" if col == "index" else "right")
         for name, e in sorted(p["indexes"].items()):
             label = name + (" (this config)" if name == p["index"] else "") if name != "-" else "- (before index folders)"
             table.add_row(label, str(e["files"]), str(e["rows"]), f"{e['bytes'] / 1e6:.1f}")
-        console.print(table)
+        parts.append(table)
     if "problems" in report:
         for problem in report["problems"]:
-            console.print(f"[red]unhealthy: {problem}[/red]")
+            parts.append(Text(f"unhealthy: {problem}", style="red"))
         if not report["problems"]:
-            console.print("[green]healthy[/green]")
+            parts.append(Text("healthy", style="green"))
+    return Group(*parts)
 
 
 def summary_table(summary: dict) -> Table:

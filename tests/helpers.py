@@ -148,7 +148,7 @@ class WorkerThread:
         except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
             self.error = exc
 
-    def start(self) -> "WorkerThread":
+    def start(self) -> WorkerThread:
         self.thread.start()
         return self
 

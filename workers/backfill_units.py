@@ -14,12 +14,12 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import fsspec
 import pyarrow.parquet as pq
 
-from workers.documents import Document, DocumentLimits, Rejection, RecordOrigin, parse_record
+from workers.documents import Document, DocumentLimits, RecordOrigin, Rejection, parse_record
 from workers.encode_stage import sink_records
 from workers.encoder import Encoder
 from workers.errors import SinkBackpressureError
@@ -98,7 +98,7 @@ def read_unit(unit: Unit) -> list[tuple[int, bytes | None]]:
 
 def _json_default(value):
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
     return str(value)
 
 
@@ -141,7 +141,7 @@ class UnitEmbedder:
     def __call__(self, batch: dict) -> dict:
         if not self._ready:
             self._setup()
-        stats = {k: [] for k in ("unit", "records", "embedded", "deleted", "rejected", "seconds")}
+        stats: dict[str, list] = {k: [] for k in ("unit", "records", "embedded", "deleted", "rejected", "seconds")}
         for raw in batch["unit"]:
             unit = Unit(**json.loads(raw))
             s = self.process(unit)
@@ -162,7 +162,7 @@ class UnitEmbedder:
                 rejects.append(result)
             else:
                 (deletes if result.op == "delete" else docs).append(result)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         vectors, doc_index, chunk_no = self.encoder.encode_document_chunks(
             [d.embed_text(self.model_settings.text_template) for d in docs])
         per_doc: dict[int, dict] = {}

@@ -3,7 +3,12 @@
 Each rejected record is published with its original key and bytes and headers naming the
 error code and message and the source topic, partition, offset and timestamp. The original
 headers are kept. A record whose bytes plus headers exceed the producer's limit is published
-with its value cut to fit and the header `embedworker.value_truncated` set to its full size.
+with its value cut to fit and the header `embedworker.value_truncated` set to its full size;
+original headers beyond HEADER_ROOM are dropped (`embedworker.headers_truncated`: how many).
+
+A rejection holds its partition's commits until the DLQ acknowledges it. One that the DLQ does
+not take is logged once with the reason, counted in `unacked()` (the worker's
+`embedworker_dlq_unacked` gauge and a `status` problem) and sent again every RESEND_AFTER_S.
 """
 
 from __future__ import annotations
@@ -11,18 +16,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import KafkaError
 
 from workers.documents import Rejection
 from workers.errors import SourceError
-from workers.kafka_source import kafka_error_message
+from workers.kafka_clients import kafka_error_message, new_producer
 from workers.settings import KafkaSettings
 
 log = logging.getLogger("embedworker.dlq")
 HEADER_ROOM = 16 * 1024
+RESEND_AFTER_S = 30.0  # a rejection the broker has not acknowledged by then is sent again
 
 
 def dlq_headers(rej: Rejection) -> list[tuple[str, bytes]]:
@@ -35,6 +41,22 @@ def dlq_headers(rej: Rejection) -> list[tuple[str, bytes]]:
     return [h for h in o.headers if not h[0].startswith("embedworker.")] + extra
 
 
+def fit_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """`headers` within HEADER_ROOM bytes: the record's own headers are dropped from the last
+    until the rest fits (the embedworker.* headers, at most ~2.3 KB, always stay)."""
+    size = sum(len(k) + len(v) + 8 for k, v in headers)
+    if size <= HEADER_ROOM:
+        return headers
+    own = [h for h in headers if not h[0].startswith("embedworker.")]
+    ours = [h for h in headers if h[0].startswith("embedworker.")]
+    dropped = 0
+    while own and size > HEADER_ROOM - 64:
+        k, v = own.pop()
+        size -= len(k) + len(v) + 8
+        dropped += 1
+    return own + ours + [("embedworker.headers_truncated", str(dropped).encode())]
+
+
 class DeadLetterPublisher:
     def __init__(self, settings: KafkaSettings):
         self.settings = settings
@@ -43,17 +65,22 @@ class DeadLetterPublisher:
         self.published = 0
         self._unacked: dict[tuple[str, int, int], tuple[Rejection, Callable[[], None], float]] = {}
         self._unacked_lock = threading.Lock()  # the producer's thread acknowledges
+        self.last_error: str | None = None      # why the DLQ last refused a record (None once all are in)
+        self._reported: set[tuple[str, int, int]] = set()  # refused records already logged
 
     def setup(self) -> None:
         s = self.settings
         try:
-            self._producer = KafkaProducer(
-                bootstrap_servers=s.bootstrap_servers.split(","), client_id=f"{s.client_id}-dlq", acks="all",
-                linger_ms=5, max_request_size=s.max_message_bytes, request_timeout_ms=s.request_timeout_ms,
-                bootstrap_timeout_ms=min(s.request_timeout_ms, 15000),
-                **s.security.client_options())
+            self._producer = new_producer(s, "dlq")
         except KafkaError as exc:
             raise SourceError(kafka_error_message(exc, s)) from None
+
+    @property
+    def producer(self) -> KafkaProducer:
+        """The producer; SourceError before setup() or after close()."""
+        if self._producer is None:
+            raise SourceError("the DLQ publisher is not open (setup() not called, or closed)")
+        return self._producer
 
     def publish(self, rej: Rejection, on_acked: Callable[[], None]) -> None:
         """Send one rejection (polling thread); `on_acked` runs in the producer's thread once the
@@ -66,35 +93,54 @@ class DeadLetterPublisher:
         def done() -> None:
             with self._unacked_lock:
                 self._unacked.pop(key, None)
+                self._reported.discard(key)
+                if not self._unacked:
+                    self.last_error = None
             on_acked()
 
         self._send(rej, done)
 
-    def resend_unacked(self, older_than_s: float) -> None:
+    def resend_unacked(self, older_than_s: float = RESEND_AFTER_S) -> None:
         """Send again what the broker has not acknowledged within `older_than_s` (called
         periodically from the polling thread: the DLQ is at-least-once)."""
         now = time.monotonic()
         with self._unacked_lock:
             stale = [(rej, cb) for rej, cb, sent in self._unacked.values() if now - sent > older_than_s]
         for rej, on_acked in stale:
-            log.warning("re-sending unacknowledged DLQ record %s:%s:%s", rej.origin.topic, rej.origin.partition,
-                        rej.origin.offset)
+            log.debug("re-sending unacknowledged DLQ record %s:%s:%s", rej.origin.topic, rej.origin.partition,
+                      rej.origin.offset)
             self.publish(rej, on_acked)
 
+    def unacked(self) -> tuple[int, float]:
+        """(rejections not yet acknowledged, seconds the oldest has waited)."""
+        now = time.monotonic()
+        with self._unacked_lock:
+            ages = [now - sent for _, _, sent in self._unacked.values()]
+        return len(ages), round(max(ages, default=0.0), 1)
+
+    def _refused(self, rej: Rejection, exc: Exception) -> None:
+        """The DLQ did not take `rej`: one log line per record (not one per retry)."""
+        o = rej.origin
+        key = (o.topic, o.partition, o.offset)
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        with self._unacked_lock:
+            first = key not in self._reported
+            self._reported.add(key)
+        if first:
+            log.warning("the DLQ topic %s did not take rejected record %s:%s:%s (%s); partition %s:%s commits no "
+                        "further until it does; retrying every %.0f s", self.topic, o.topic, o.partition, o.offset,
+                        self.last_error, o.topic, o.partition, RESEND_AFTER_S)
+
     def _send(self, rej: Rejection, on_acked: Callable[[], None]) -> None:
-        value, headers = rej.value, dlq_headers(rej)
+        value, headers = rej.value, fit_headers(dlq_headers(rej))
         limit = self.settings.max_message_bytes - HEADER_ROOM
         if value is not None and len(value) > limit:
             headers.append(("embedworker.value_truncated", str(len(value)).encode()))
             value = value[:limit]
         try:
-            future = self._producer.send(self.topic, key=rej.origin.key, value=value, headers=headers)
-        except MessageSizeTooLargeError as exc:
-            log.error("DLQ record for %s:%s:%s too large: %s", rej.origin.topic, rej.origin.partition,
-                      rej.origin.offset, exc)
-            return
-        except KafkaError as exc:
-            log.warning("DLQ send failed, will retry: %s", exc)
+            future = self.producer.send(self.topic, key=rej.origin.key, value=value, headers=headers)
+        except KafkaError as exc:  # MessageSizeTooLargeError included
+            self._refused(rej, exc)
             return
 
         def acked(_meta):
@@ -102,11 +148,11 @@ class DeadLetterPublisher:
             on_acked()
 
         future.add_callback(acked)
-        future.add_errback(lambda exc: log.warning("DLQ write failed, will retry: %s", exc))
+        future.add_errback(lambda exc: self._refused(rej, exc))
 
     def flush(self, timeout_s: float = 30.0) -> None:
         try:
-            self._producer.flush(timeout=timeout_s)
+            self.producer.flush(timeout=timeout_s)
         except KafkaError as exc:
             log.warning("DLQ flush: %s", exc)
 

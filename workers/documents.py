@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 import unicodedata
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
 
 # Reason codes (stable: they appear in DLQ headers, metrics and rejects files).
 NULL_VALUE = "null_value"              # a tombstone / record without a value
@@ -273,7 +273,7 @@ def _published_at(v: Any) -> datetime | None:
     if ts.tzinfo is None or len(v.strip()) < 20 or "T" not in v.upper():
         raise _Reject(INVALID_TIMESTAMP,
                       f"field 'published_at' needs a date, a time and an offset (e.g. 2026-11-27T09:00:00+09:00): {v[:40]!r}")
-    return ts.astimezone(timezone.utc)
+    return ts.astimezone(UTC)
 
 
 def _attrs(v: Any, limits: DocumentLimits) -> dict[str, Any]:

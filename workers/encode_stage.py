@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -45,6 +45,7 @@ def sink_records(doc: Document, vectors: dict[int, np.ndarray] | None, chunked: 
                  now: datetime) -> list[SinkRecord]:
     """The records a document becomes: one per chunk (an upsert), or one deletion."""
     o = doc.origin
+    pieces: list[tuple[np.ndarray | None, int, int]]
     if doc.op == "delete" or vectors is None:
         pieces = [(None, 0, 0)]
     else:
@@ -135,7 +136,7 @@ class EncodeStage:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("batch: %d texts, %d tokens (%d padded, length %d), %.1f ms", len(batch.items),
                       batch.real_tokens, batch.padded_tokens, batch.padded_len, seconds * 1000)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         ready = []
         for ref, vec in zip(batch.items, vectors):
             state = ref.state

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,8 @@ class Encoder:
         self.query_prefix = query_prefix
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-        self.dim = int(model.config.hidden_size)
+        config: Any = model.config
+        self.dim = int(config.hidden_size)
         self.model_id = files.model_id
         self.revision = files.revision
         self.max_tokens = tokenizer.max_tokens
@@ -67,7 +69,7 @@ class Encoder:
              revision: str | None = None, document_prefix: str = "passage: ", query_prefix: str = "query: ",
              max_tokens: int = 512, chunking: bool = False, chunk_overlap: int = 64, max_chunks: int = 32,
              max_batch_tokens: int = 16384, max_batch_size: int = 256, tokenizer_threads: int = 2,
-             torch_threads: int | None = None, tokenizer_processes: int = 0) -> "Encoder":
+             torch_threads: int | None = None, tokenizer_processes: int = 0) -> Encoder:
         """Load a model by hub id, directory or `pkg:` name. `device`: None/"auto", "cpu",
         "cuda", "cuda:N"; `dtype`: None/"auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16",
         "bf16", or "int8" (CPU: smoothed dynamic quantization, see workers.quantization).
@@ -81,12 +83,13 @@ class Encoder:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         hf_tokenizer = AutoTokenizer.from_pretrained(str(files.transformer_dir))
-        if not getattr(hf_tokenizer, "is_fast", False) or not hasattr(hf_tokenizer, "_tokenizer"):
+        backend = getattr(hf_tokenizer, "_tokenizer", None) if getattr(hf_tokenizer, "is_fast", False) else None
+        if backend is None:
             raise EncoderConfigError(f"{files.transformer_dir}: a fast (Rust) tokenizer is required (tokenizer.json)")
         net = _load_transformer(AutoModel, files, dt, dev)
         limit = _position_limit(net.config)
         effective_max = min(v for v in (max_tokens, files.max_seq_length, limit) if v)
-        tokenizer = TextTokenizer(hf_tokenizer._tokenizer, effective_max, lower_case=files.do_lower_case,
+        tokenizer = TextTokenizer(backend, effective_max, lower_case=files.do_lower_case,
                                   chunking=chunking, chunk_overlap=chunk_overlap, max_chunks=max_chunks)
         pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
         encoder = cls(files, net, tokenizer, device=dev, dtype=dt, pad_token_id=pad_id,
@@ -100,7 +103,7 @@ class Encoder:
         return encoder
 
     @classmethod
-    def from_settings(cls, model, batching=None, device: str | None = None) -> "Encoder":
+    def from_settings(cls, model, batching=None, device: str | None = None) -> Encoder:
         """The one place an encoder is built from settings (workers.settings.ModelSettings and
         BatchingSettings), so the worker, backfill, search and eval honour every key alike.
         `device` overrides model.device. Raises what `load` raises."""
@@ -159,7 +162,7 @@ class Encoder:
 
     # ---- the pipeline -----------------------------------------------------------------------
 
-    def _encode(self, texts: list[str], prefix: str, chunked: bool):
+    def _encode(self, texts: list[str], prefix: str, chunked: bool | None):
         if isinstance(texts, str):
             raise TypeError("encode_*() takes a list of texts, not a single string")
         texts = list(texts)

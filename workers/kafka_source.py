@@ -1,48 +1,38 @@
 """Kafka in: one consumer per worker in a shared group, manual commits, pause under backpressure.
 
 Knows nothing of Redis or Parquet. kafka-python's consumer is not thread-safe: every method
-here is called from the worker's polling thread only (the rebalance listener runs inside poll).
+here is called from the worker's polling thread, except `commit_async`, which the rebalance
+listener calls. The listener runs on kafka-python's IO thread (`kafka-io-<client id>`) while
+the polling thread waits inside `poll()` (see the thread model in workers/worker.py).
+
+Poll errors by type: authentication and authorization stop the worker (SourceError with the
+reason); anything else (an unknown topic, a broker that went away) backs off, doubling from
+0.1 s to 5 s, is counted (`embedworker_source_errors{error=<class>}`), shown in `status`, and
+logged once per kind of error and then once a minute while it lasts.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import time
+from collections.abc import Callable
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, KafkaTimeoutError, RebalanceInProgressError
+from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from workers.errors import SourceError
+from workers.kafka_clients import FATAL_KAFKA_ERRORS, kafka_error_message, new_consumer
 from workers.settings import KafkaSettings
 
 TP = tuple[str, int]
 log = logging.getLogger("embedworker.kafka")
 
 
-def kafka_error_message(exc: Exception, settings: KafkaSettings) -> str:
-    """A message that names the problem (never the password)."""
-    name = type(exc).__name__
-    sec = settings.security
-    hint = ""
-    if "Authentication" in name or "SASL" in str(exc).upper():
-        hint = (f" (SASL {sec.sasl_mechanism} as user {sec.sasl_username!r} was rejected: check "
-                "kafka.security.sasl_username and sasl_password / sasl_password_file)")
-    elif "Authorization" in name:
-        hint = " (the principal lacks an ACL for this topic or group)"
-    elif isinstance(exc, KafkaTimeoutError) and "bootstrap" in str(exc).lower():
-        hint = f" (no broker answered at {settings.bootstrap_servers} with protocol {sec.protocol}"
-        if sec.protocol.startswith("SASL"):
-            hint += (f"; brokers close the connection when SASL {sec.sasl_mechanism} authentication fails: check "
-                     f"that user {sec.sasl_username!r} and its password (kafka.security.sasl_password or "
-                     "sasl_password_file) are right")
-        hint += "; check kafka.bootstrap_servers and kafka.security)"
-    return f"Kafka: {name}: {exc}{hint}"
-
-
 class _Listener(ConsumerRebalanceListener):
-    """Runs on kafka-python's IO thread: must return promptly and make no blocking Kafka call.
+    """Runs on kafka-python's IO thread (heartbeats wait meanwhile): bounded work only and no
+    blocking Kafka call.
     Incremental (cooperative) rebalancing: only partitions that really move are revoked."""
 
     def __init__(self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP], bool], None]):
@@ -66,10 +56,15 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class KafkaSource:
-    def __init__(self, settings: KafkaSettings, replica: int = 0):
+    def __init__(self, settings: KafkaSettings, replica: int = 0, on_error: Callable[[str], None] | None = None):
         self.settings = settings
-        self.client_id = f"{settings.client_id}-{replica}"  # `embedworker status` maps group members to replicas
+        self.replica = replica  # the client id is `{client_id}-{replica}`: `status` maps group members to replicas
+        self._on_error = on_error or (lambda kind: None)
         self._consumer: KafkaConsumer | None = None
+        self.last_error: str | None = None  # the poll error in progress (None once a poll succeeds)
+        self._failures = 0
+        self._retry_at = 0.0
+        self._logged: dict[str, float] = {}  # kind of error -> when it was last logged
         self._paused = False
         self._finished: set[TP] = set()
 
@@ -80,18 +75,13 @@ class KafkaSource:
         credentials."""
         s = self.settings
         try:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=s.bootstrap_servers.split(","), group_id=s.group_id, client_id=self.client_id,
-                enable_auto_commit=False, auto_offset_reset="latest" if s.start == "latest" else "earliest",
+            self._consumer = new_consumer(
+                s, str(self.replica), group_id=s.group_id,
+                auto_offset_reset="latest" if s.start == "latest" else "earliest",
                 partition_assignment_strategy=(CooperativeStickyAssignor,),
                 max_poll_records=s.max_poll_records, max_poll_interval_ms=s.max_poll_interval_ms,
                 session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
-                request_timeout_ms=s.request_timeout_ms, bootstrap_timeout_ms=min(s.request_timeout_ms, 15000),
-                metadata_max_age_ms=s.metadata_max_age_ms,
-                max_partition_fetch_bytes=s.max_message_bytes,
-                fetch_max_bytes=max(52_428_800, s.max_message_bytes), receive_message_max_bytes=max(
-                    104_857_600, 2 * s.max_message_bytes),
-                **s.security.client_options())
+                metadata_max_age_ms=s.metadata_max_age_ms)
             # Learn the topic's partitions before joining: a group leader that joins without them
             # assigns nothing until its next metadata refresh.
             if not self._consumer.partitions_for_topic(s.topic):
@@ -100,17 +90,44 @@ class KafkaSource:
         except KafkaError as exc:
             raise SourceError(kafka_error_message(exc, s)) from None
 
+    @property
+    def consumer(self) -> KafkaConsumer:
+        """The consumer; SourceError before setup() or after close()."""
+        if self._consumer is None:
+            raise SourceError("the Kafka source is not open (setup() not called, or closed)")
+        return self._consumer
+
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list:
-        """Records in offset order per partition (rebalance callbacks run inside)."""
-        try:
-            batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        except (KafkaError, IllegalStateError) as exc:
-            if "Authentication" in type(exc).__name__ or "Authorization" in type(exc).__name__:
-                raise SourceError(kafka_error_message(exc, self.settings)) from None
-            log.warning("poll failed, will retry: %s", exc)
+        """Records in offset order per partition (rebalance callbacks run meanwhile). Raises
+        SourceError for authentication and authorization; other errors back off (this call
+        then waits out up to `timeout_ms` of the backoff and returns nothing)."""
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, timeout_ms / 1000))
             return []
+        try:
+            batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except FATAL_KAFKA_ERRORS as exc:
+            raise SourceError(kafka_error_message(exc, self.settings)) from None
+        except (KafkaError, IllegalStateError) as exc:
+            self._poll_failed(exc)
+            return []
+        if self._failures:
+            log.info("polling works again after %d failed poll(s)", self._failures)
+            self._failures, self.last_error = 0, None
         self._unstick_finished_join()
         return [rec for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for rec in batches[tp]]
+
+    def _poll_failed(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        self._failures += 1
+        self._retry_at = time.monotonic() + min(5.0, 0.1 * 2 ** min(self._failures - 1, 6))
+        self.last_error = kafka_error_message(exc, self.settings)
+        self._on_error(kind)
+        now = time.monotonic()
+        if now - self._logged.get(kind, -1e9) >= 60.0:
+            self._logged[kind] = now
+            log.warning("poll failed (%d in a row), backing off: %s", self._failures, self.last_error)
 
     def _unstick_finished_join(self) -> None:
         """Work around a kafka-python 3.0.12 race: when a poll times out while a rejoin that was
@@ -132,7 +149,7 @@ class KafkaSource:
             return True
         payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
-            self._consumer.commit(offsets=payload)
+            self.consumer.commit(offsets=payload)
             return True
         except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
             log.warning("commit of %s skipped: %s", offsets, exc)
@@ -144,33 +161,33 @@ class KafkaSource:
         """Commit without blocking (for the rebalance callbacks, which run on the IO thread)."""
         if offsets:
             payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-            self._consumer.commit_async(offsets=payload)
+            self.consumer.commit_async(offsets=payload)
 
     def assignment(self) -> list[TP]:
-        return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
+        return sorted((tp.topic, tp.partition) for tp in self.consumer.assignment())
 
     def pause(self) -> None:
         """Stop fetching from every assigned partition; poll() keeps the group membership alive."""
-        assigned = self._consumer.assignment()
+        assigned = self.consumer.assignment()
         if assigned:
-            self._consumer.pause(*assigned)
+            self.consumer.pause(*assigned)
         self._paused = True
 
     def resume(self) -> None:
-        paused = [tp for tp in self._consumer.paused() if (tp.topic, tp.partition) not in self._finished]
+        paused = [tp for tp in self.consumer.paused() if (tp.topic, tp.partition) not in self._finished]
         if paused:
-            self._consumer.resume(*paused)
+            self.consumer.resume(*paused)
         self._paused = False
 
     def seek(self, tp: TP, offset: int) -> None:
         """Read this partition again from `offset` (non-blocking; from the polling thread)."""
-        self._consumer.seek(TopicPartition(*tp), offset)
+        self.consumer.seek(TopicPartition(*tp), offset)
 
     def finish(self, tp: TP) -> None:
         """Stop fetching this partition for good (a bounded replay reached its end offset)."""
         if tp not in self._finished:
             self._finished.add(tp)
-            self._consumer.pause(TopicPartition(*tp))
+            self.consumer.pause(TopicPartition(*tp))
 
     @property
     def paused(self) -> bool:
@@ -178,12 +195,12 @@ class KafkaSource:
 
     def lag(self) -> dict[TP, int]:
         """End offset minus position per assigned partition (for metrics)."""
-        assigned = list(self._consumer.assignment())
+        assigned = list(self.consumer.assignment())
         if not assigned:
             return {}
         try:
-            ends = self._consumer.end_offsets(assigned)
-            return {(tp.topic, tp.partition): max(0, ends[tp] - self._consumer.position(tp)) for tp in assigned}
+            ends = self.consumer.end_offsets(assigned)
+            return {(tp.topic, tp.partition): max(0, ends[tp] - self.consumer.position(tp)) for tp in assigned}
         except (KafkaError, IllegalStateError):
             return {}
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -67,6 +68,12 @@ class WorkerMetrics:
                                 registry=reg)
         self.in_flight = Gauge("embedworker_in_flight_documents", "Polled, not yet written", ["replica"], registry=reg).labels(r)
         self.paused = Gauge("embedworker_paused", "1 while paused by backpressure", ["replica"], registry=reg).labels(r)
+        self._sink_errors = Counter("embedworker_sink_errors", "Sink write attempts that failed (then retried)",
+                                    ["replica", "sink"], registry=reg)
+        self._source_errors = Counter("embedworker_source_errors", "Kafka poll errors (then backed off)",
+                                      ["replica", "error"], registry=reg)
+        self.dlq_unacked = Gauge("embedworker_dlq_unacked", "Rejected records the DLQ has not acknowledged",
+                                 ["replica"], registry=reg).labels(r)
         self.gpu_memory = Gauge("embedworker_gpu_memory_bytes", "CUDA memory allocated", ["replica"], registry=reg).labels(r)
         self._real_tokens = 0
         self._padded_tokens = 0
@@ -110,6 +117,12 @@ class WorkerMetrics:
         if records:
             self._written.labels(self.replica, sink).inc(records)
 
+    def sink_error(self, sink: str) -> None:
+        self._sink_errors.labels(self.replica, sink).inc()
+
+    def source_error(self, error: str) -> None:
+        self._source_errors.labels(self.replica, error).inc()
+
     def written(self, event_times_ms: list[int | None], now: float) -> None:
         for ts in event_times_ms:
             if ts is not None:
@@ -141,7 +154,7 @@ class WorkerMetrics:
             self._committed.labels(self.replica, topic, str(partition)).set(value)
 
     def snapshot(self) -> dict:
-        out = dict(self.counts)
+        out: dict[str, Any] = dict(self.counts)
         out["padding_ratio"] = round(self._padded_tokens / max(1, self._real_tokens) - 1, 4)
         out["uptime_s"] = round(time.time() - self.started, 1)
         out["docs_per_s_1m"] = round(self.rate_1m(), 2)

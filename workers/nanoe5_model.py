@@ -68,7 +68,7 @@ def package_model_file() -> Path:
     except ImportError as exc:
         raise ModelNotFoundError(f"model 'pkg:{PACKAGE}' needs the Python package {PACKAGE!r} "
                                  f"(pip install 'embedworker[local]'): {exc}") from None
-    path = Path(module.__file__).parent / MODEL_FILE
+    path = Path(module.__file__ or PACKAGE).parent / MODEL_FILE
     if not path.is_file():
         raise ModelNotFoundError(f"model 'pkg:{PACKAGE}': {path} is missing from the installed package")
     return path
@@ -196,22 +196,17 @@ def compile_charsmap(norm_map: dict[int, tuple[int, ...]]) -> bytes:
         spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c d e f g h"] * 20), model_writer=proto,
                                        vocab_size=12, model_type="char", normalization_rule_tsv=str(rules),
                                        minloglevel=2)
-    spec = sentencepiece_model_pb2.ModelProto.FromString(proto.getvalue()).normalizer_spec
+    spec = sentencepiece_model_pb2.ModelProto.FromString(proto.getvalue()).normalizer_spec  # type: ignore[attr-defined]
     return spec.precompiled_charsmap
 
 
 def _char_class(codepoints: list[int]) -> str:
-    ranges, start, prev = [], None, None
+    ranges: list[list[int]] = []  # [first, last] runs of consecutive code points
     for cp in codepoints:
-        if start is None:
-            start = prev = cp
-        elif cp == prev + 1:
-            prev = cp
+        if ranges and cp == ranges[-1][1] + 1:
+            ranges[-1][1] = cp
         else:
-            ranges.append((start, prev))
-            start = prev = cp
-    if start is not None:
-        ranges.append((start, prev))
+            ranges.append([cp, cp])
     return "".join(f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in ranges)
 
 

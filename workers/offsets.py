@@ -116,7 +116,7 @@ class OffsetLedger:
             self._cond.wait(timeout)
 
     def _collect_ready(self, limit: int) -> list[tuple[TP, int, Any]]:
-        out = []
+        out: list[tuple[TP, int, Any]] = []
         for tp, part in self._parts.items():
             while part.release_index < len(part.slots) and len(out) < limit:
                 slot = part.slots[part.release_index]
@@ -143,7 +143,7 @@ class OffsetLedger:
 
     def committable(self) -> dict[TP, int]:
         """Partitions whose commit position moved, with the new position (next offset to read)."""
-        moved = {}
+        moved: dict[TP, int] = {}
         with self._cond:
             for tp, part in self._parts.items():
                 slots, advanced = part.slots, False
@@ -156,7 +156,7 @@ class OffsetLedger:
                     del part.by_offset[s.offset]
                     part.release_index -= 1
                     part.next_commit, advanced = s.offset + 1, True
-                if advanced:
+                if advanced and part.next_commit is not None:
                     moved[tp] = part.next_commit
         return moved
 

@@ -39,6 +39,7 @@ CALIBRATION_TEXTS = [
 
 
 class SmoothedLinear(torch.nn.Module):
+    inv_scale: torch.Tensor
     """x -> linear(x / s) with the weight columns scaled by s; quantized afterwards."""
 
     def __init__(self, linear: torch.nn.Linear, act_max: torch.Tensor, alpha: float):

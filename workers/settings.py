@@ -176,7 +176,9 @@ class RedisSettings(_Section):
     # step holds the main thread (see bench/RESULTS.md for when it pays).
     cas: bool = False
     socket_timeout_s: float = Field(10.0, gt=0)
-    retries: int = Field(3, ge=0)
+    retries: int = Field(3, ge=0)             # more attempts after a transient error (see retry_policy)
+    retry_backoff_s: float = Field(0.2, gt=0)  # the wait after the first failure, doubled per failure
+    retry_backoff_max_s: float = Field(2.0, gt=0)
     ssl_ca_certs: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None

@@ -99,14 +99,22 @@ class SinkStage:
     def _write(self, records: list[SinkRecord]) -> None:
         for sink in self.sinks:
             t0 = time.perf_counter()
-            sink.write(records)
+            try:
+                sink.write(records)
+            except SinkBackpressureError:
+                self.metrics.sink_error(sink.name)
+                raise
             self.metrics.sink_write(sink.name, len(records), time.perf_counter() - t0)
 
     def _flush(self, force: bool) -> None:
         now = time.time()
         for sink in self.sinks:
             t0 = time.perf_counter()
-            sink.flush(now, force=force)
+            try:
+                sink.flush(now, force=force)
+            except SinkBackpressureError:
+                self.metrics.sink_error(sink.name)
+                raise
             self.metrics.sink_write(sink.name, 0, time.perf_counter() - t0)
 
     def durable(self) -> dict[TP, int]:

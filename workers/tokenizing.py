@@ -7,6 +7,7 @@ the GIL, so several threads tokenize in parallel. Imports neither ray, kafka nor
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
@@ -213,23 +214,22 @@ class TokenizerProcesses:
         self._spec = (tokenizer._plain.to_str(), tokenizer.max_tokens, tokenizer.lower_case, tokenizer.chunking,
                       tokenizer.chunk_overlap, tokenizer.max_chunks)
         self.processes = processes
-        self._pool = None
+        self._pool: ProcessPoolExecutor | None = None
 
-    def start(self) -> None:
+    def start(self) -> ProcessPoolExecutor:
         """Start the processes and load the tokenizer in each (called when the encoder loads, so
         a worker pays for it in setup, not on its first documents)."""
         if self._pool is None:
             import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
 
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_start_child, initargs=self._spec)
             for future in [self._pool.submit(_tokenize_in_child, ["warm up"], "", False) for _ in range(self.processes)]:
                 future.result()
+        return self._pool
 
     def submit(self, texts: list[str], prefix: str, chunked: bool | None = None):
-        self.start()
-        return self._pool.submit(_tokenize_in_child, texts, prefix, chunked)
+        return self.start().submit(_tokenize_in_child, texts, prefix, chunked)
 
     def close(self) -> None:
         if self._pool is not None:

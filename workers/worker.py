@@ -8,6 +8,22 @@
 The constructor only stores settings (cheap, picklable: Ray ships it); `setup()` loads the model
 and opens connections. `run()` loops until `stop()` is called, then drains: stops polling,
 finishes in-flight batches, flushes the sinks, commits, closes.
+
+Threads (the one place this is described):
+- the polling thread runs `run()`: poll, validate, hand documents to the encode stage, publish
+  rejections, pause/resume, commit. It alone calls the consumer (kafka-python's is not
+  thread-safe).
+- kafka-python's IO thread (`kafka-io-<client id>`) runs the rebalance listener
+  (`_on_assigned`, `_on_revoked`) while the polling thread waits inside `poll()`; heartbeats wait
+  for the listener, so it does bounded work: a revoke flushes the sinks, which takes the sink
+  stage's lock for at most one write attempt (Redis: `socket_timeout_s`; Parquet: up to 10 s) and
+  commits asynchronously. The ownership lock makes a rebalance happen wholly before or after the
+  polling thread takes a poll's records.
+- the encode thread (EncodeStage) batches and runs the model; tokenizing runs in the encoder's
+  thread pool or processes.
+- the sink thread (SinkStage) writes to every sink in offset order per partition under the sink
+  stage's lock and waits out backoff delays without it.
+- the DLQ producer's own thread acknowledges rejections; Parquet has a writer thread per sink.
 """
 
 from __future__ import annotations
@@ -16,13 +32,14 @@ import logging
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import torch
 
 from workers import logs
 from workers.dead_letters import DeadLetterPublisher
-from workers.documents import DocumentLimits, Rejection, RecordOrigin, parse_record
+from workers.documents import DocumentLimits, RecordOrigin, Rejection, parse_record
 from workers.encode_stage import EncodeStage, sink_records
 from workers.encoder import Encoder
 from workers.errors import EmbedworkerError
@@ -30,14 +47,21 @@ from workers.kafka_source import KafkaSource
 from workers.metrics import WorkerMetrics
 from workers.model_files import model_slug
 from workers.offsets import DELETE, DOC, REJECT, OffsetLedger
-from workers.settings import (BatchingSettings, DocumentSettings, KafkaSettings, ModelSettings, ParquetSettings,
-                              RedisSettings, WorkersSettings)
+from workers.settings import (
+    BatchingSettings,
+    DocumentSettings,
+    KafkaSettings,
+    ModelSettings,
+    ParquetSettings,
+    RedisSettings,
+    WorkersSettings,
+)
 from workers.sink_stage import SinkStage
+from workers.sinks.base import Sink
 from workers.sinks.parquet import ParquetSink
 from workers.sinks.redis_vset import RedisVectorSetSink
 
 log = logging.getLogger("embedworker.worker")
-DLQ_RESEND_AFTER_S = 30.0
 
 
 class EmbeddingWorker:
@@ -70,7 +94,7 @@ class EmbeddingWorker:
         if self.workers_settings.metrics_port is not None:
             self.metrics.serve(self.workers_settings.metrics_port + self.replica)
         self.ledger = OffsetLedger()
-        sinks = []
+        sinks: list[Sink] = []
         if self.redis_settings.enabled:
             sinks.append(RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim))
         if self.parquet_settings.enabled:
@@ -89,7 +113,7 @@ class EmbeddingWorker:
         self._ownership = threading.Lock()  # rebalance callbacks vs. taking polled records
         self._epochs: dict = {}             # per partition, bumped at every assignment change
         self._commit_due: dict = {}         # positions reached but not yet committed
-        self.source = KafkaSource(self.kafka_settings, self.replica)
+        self.source = KafkaSource(self.kafka_settings, self.replica, on_error=self.metrics.source_error)
         self.source.setup(self._on_assigned, self._on_revoked)
         self.encode_stage.start()
         self.sink_stage.start()
@@ -122,7 +146,8 @@ class EmbeddingWorker:
                     self._record_gpu_memory()
                     last_lag = now
                 if now - last_resend >= 5.0:
-                    self.dlq.resend_unacked(DLQ_RESEND_AFTER_S)
+                    self.dlq.resend_unacked()
+                    self.metrics.dlq_unacked.set(self.dlq.unacked()[0])
                     last_resend = now
             return self._drain()
         finally:
@@ -140,14 +165,17 @@ class EmbeddingWorker:
         return os.getpid()
 
     def stats(self) -> dict:
-        out = {"replica": self.replica, "state": self._state}
+        out: dict[str, Any] = {"replica": self.replica, "state": self._state}
         if self._ready:
+            dlq_unacked, dlq_waited_s = self.dlq.unacked()
             out.update(self.metrics.snapshot())
             out.update(device=str(self.encoder.device), dtype=self.encoder.dtype,
                        torch_threads=torch.get_num_threads(), in_flight=self.ledger.unreleased(), pending_commit=self.ledger.pending(),
                        paused=self.source.paused, sink_error=self.sink_stage.last_error,
                        stalled_s=round(self.sink_stage.stalled_s, 1), in_flight_bytes=self.ledger.unreleased_bytes(),
                        committed_lag=out.get("lag", 0) + self.ledger.pending(),
+                       dlq_unacked=dlq_unacked, dlq_unacked_s=dlq_waited_s, dlq_error=self.dlq.last_error,
+                       source_error=self.source.last_error,
                        partitions=[f"{t}:{p}" for t, p in self.ledger.partitions()])
         return out
 
@@ -163,7 +191,7 @@ class EmbeddingWorker:
 
     def _accept_owned(self, records: list, epochs: dict) -> None:
         docs = []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rewind: dict = {}
         taken = deleted = 0
         entries: list = []
@@ -238,7 +266,7 @@ class EmbeddingWorker:
                         del self._commit_due[tp]
 
     def _on_assigned(self, partitions) -> None:
-        """Kafka IO thread, new partitions only (incremental rebalancing): they start afresh
+        """Rebalance listener (IO thread), new partitions only (incremental rebalancing): they start afresh
         from their committed offsets."""
         log.info("replica %s assigned %s", self.replica, partitions)
         with self._ownership:
@@ -249,7 +277,7 @@ class EmbeddingWorker:
             self.sink_stage.assign(partitions)
 
     def _on_revoked(self, partitions, clean: bool) -> None:
-        """Kafka IO thread, partitions that move elsewhere: flush what the sinks hold for them,
+        """Rebalance listener (IO thread), partitions that move elsewhere: flush what the sinks hold for them,
         commit what is durable (asynchronously), forget the rest; the next owner reads it
         again. Lost partitions (clean=False) are forgotten without writing anything."""
         log.info("replica %s %s %s", self.replica, "revoked" if clean else "lost", partitions)

@@ -2,7 +2,7 @@
 
 import json
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow.compute as pc
@@ -10,16 +10,27 @@ import pytest
 
 from pipelines.search import Searcher
 from pipelines.stream import StreamSupervisor
-from tests.helpers import (WorkerThread, all_committed, committed_offsets, create_topic, doc, end_offsets,
-                           header, make_settings, produce, read_dlq, read_parquet, wait_until)
+from tests.helpers import (
+    WorkerThread,
+    all_committed,
+    committed_offsets,
+    create_topic,
+    doc,
+    end_offsets,
+    header,
+    make_settings,
+    produce,
+    read_dlq,
+    read_parquet,
+    wait_until,
+)
 from tests.hostile import bad_records
 from workers.encoder import Encoder
 from workers.sinks.redis_vset import VectorSetIndex
 
 pytestmark = pytest.mark.integration
 
-NEWS_WORDS = ("정부 금리 인상 발표 시장 반응 서울 부동산 가격 상승 수출 반도체 회복 경기 전망 기업 실적 "
-              "market rates inflation election court police weather storm typhoon team final season").split()
+NEWS_WORDS = ["정부", "금리", "인상", "발표", "시장", "반응", "서울", "부동산", "가격", "상승", "수출", "반도체", "회복", "경기", "전망", "기업", "실적", "market", "rates", "inflation", "election", "court", "police", "weather", "storm", "typhoon", "team", "final", "season"]
 
 
 def news_text(rng: random.Random, n_words: int) -> str:
@@ -40,7 +51,7 @@ def test_two_actors_three_partitions_valid_docs_indexed_once_bad_ones_in_the_dlq
     valid = {f"doc-{i:04d}": (f"Title {i}", news_text(rng, rng.randint(5, 120))) for i in range(570)}
     records = [doc(i, text, title=title, lang="ko" if n % 2 else "en", published_at="2026-11-27T09:00:00+09:00")
                for n, (i, (title, text)) in enumerate(valid.items())]
-    for j, (name, key, value, _) in enumerate(bad):
+    for j, (_name, key, value, _) in enumerate(bad):
         records.insert(j * 19 + 3, (key, value))
     produce(settings, records)
 
@@ -91,7 +102,7 @@ def test_two_actors_three_partitions_valid_docs_indexed_once_bad_ones_in_the_dlq
         assert np.max(np.abs(vector_of(redis_client, key, i) - vec)) < 1e-5
     attrs = json.loads(redis_client.execute_command("VGETATTR", key, sample[0]))
     assert attrs["title"] == valid[sample[0]][0]
-    assert attrs["published_at"] == int(datetime(2026, 11, 27, tzinfo=timezone.utc).timestamp())
+    assert attrs["published_at"] == int(datetime(2026, 11, 27, tzinfo=UTC).timestamp())
 
 
 def test_upserts_overwrite_and_deletes_remove(kafka_bootstrap, redis_url, redis_client, tiny_model_dir, tmp_path, unique):

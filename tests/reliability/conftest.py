@@ -10,13 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import (all_committed, committed_offsets, create_topic, doc, end_offsets, header,
-                           make_settings, produce, read_dlq, read_parquet, wait_until)
+from tests.helpers import (
+    all_committed,
+    committed_offsets,
+    create_topic,
+    doc,
+    end_offsets,
+    header,
+    make_settings,
+    produce,
+    read_dlq,
+    read_parquet,
+    wait_until,
+)
 from tests.hostile import bad_records
 from workers.sinks.redis_vset import VectorSetIndex
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = "속보 정부 발표 금리 반도체 수출 날씨 태풍 야구 선거 breaking market rates storm chip election".split()
+WORDS = ["속보", "정부", "발표", "금리", "반도체", "수출", "날씨", "태풍", "야구", "선거", "breaking", "market", "rates", "storm", "chip", "election"]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ Each test prints how long recovery took (pytest -s shows it)."""
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,13 +42,13 @@ def test_actor_killed_three_times_ray_restarts_it(ray_cluster, stream_settings, 
 
     try:
         for kill in range(3):
-            wait_until(lambda: stream.committed() > 100 * (kill + 1), timeout=90, message="progress before a kill")
+            wait_until(lambda kill=kill: stream.committed() > 100 * (kill + 1), timeout=90, message="progress before a kill")
             victim = supervisor.actors[kill % 2]
             pid = ray.get(victim.pid.remote(), timeout=30)
             os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
             stream.send(800)
-            wait_until(lambda: serving(victim, pid), timeout=120, message="the restarted actor to serve again")
+            wait_until(lambda victim=victim, pid=pid: serving(victim, pid), timeout=120, message="the restarted actor to serve again")
             recoveries.append(round(time.monotonic() - killed_at, 1))
         stream.send()
         wait_until(lambda: all_committed(settings), timeout=180, message="everything committed",
@@ -131,11 +130,10 @@ def test_redis_down_for_15_seconds(stream_settings, private_redis):
         service("redis.sh", "stop", run_dir, REDIS_PORT=port)
         down_at = time.monotonic()
         stream.send()
-        time.sleep(4)
-        stats = worker.worker.stats()
-        assert stats["paused"] and "Redis" in (stats["sink_error"] or ""), stats
+        wait_until(lambda: worker.worker.stats()["paused"] and "Redis" in (worker.worker.stats()["sink_error"] or ""),
+                   timeout=15, message="paused with the Redis error")
         during = committed_offsets(settings)
-        time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))
+        time.sleep(max(0.0, 15 - (time.monotonic() - down_at)))  # the outage itself: nothing may be committed
         assert committed_offsets(settings) == during, "nothing committed while records could not be written"
         assert worker.thread.is_alive() and worker.error is None
         service("redis.sh", "start", run_dir, REDIS_PORT=port, REDIS_PERSIST=1)
@@ -168,7 +166,7 @@ def test_redis_hangs_the_input_pauses_within_seconds(stream_settings, private_re
             stats = worker.worker.stats()
             assert paused_after < 6.0 and stats["stalled_s"] >= 1.0, (paused_after, stats)
             consumed = stats["consumed"]
-            time.sleep(2)
+            time.sleep(2)  # a window in which nothing more may be read
             assert worker.worker.stats()["consumed"] - consumed <= settings.kafka.max_poll_records, \
                 "the worker kept reading while paused"
             print(f"\nRedis hung: input paused {paused_after:.1f} s after SIGSTOP")
@@ -220,11 +218,11 @@ def test_parquet_folder_unwritable_then_writable_again(stream_settings, redis_cl
         root.rename(aside)
         root.write_text("not a folder")  # every write under it now fails, even for root
         stream.send()
-        time.sleep(4)
-        stats = worker.worker.stats()
-        assert stats["paused"] and "cannot write Parquet file" in (stats["sink_error"] or ""), stats
+        wait_until(lambda: worker.worker.stats()["paused"]
+                   and "cannot write Parquet file" in (worker.worker.stats()["sink_error"] or ""),
+                   timeout=15, message="paused with the Parquet error")
         during = committed_offsets(settings)
-        time.sleep(4)
+        time.sleep(4)  # a window in which nothing may be committed (there is no event to wait for)
         assert committed_offsets(settings) == during
         root.unlink()
         aside.rename(root)
@@ -303,7 +301,7 @@ def test_hostile_input_lands_in_the_dlq_valid_input_is_indexed_memory_stays_boun
     normal = [(f"ok-{i}".encode(), json.dumps({"id": f"ok-{i}", "text": f"평범한 기사 {i} ordinary"}).encode())
               for i in range(400)]
     records = []
-    for i, (name, key, value, _) in enumerate(bad):
+    for i, (_name, key, value, _) in enumerate(bad):
         records.append((key, value))
         records.extend(normal[i * 7:(i + 1) * 7])
         if i < len(valid_tricky):

@@ -1,6 +1,6 @@
 """The message contract, one rule at a time, against the hostile corpus."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -36,7 +36,7 @@ def test_full_document_fields():
              b' "lang": "ko", "published_at": "2026-11-27T18:30:00+09:00", "attrs": {"section": "economy", "rank": 2}}')
     doc = d.parse_record(value, ORIGIN)
     assert doc.op == "upsert" and doc.title == "Title" and doc.lang == "ko" and doc.source == "yonhap"
-    assert doc.published_at == datetime(2026, 11, 27, 9, 30, tzinfo=timezone.utc)
+    assert doc.published_at == datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
     assert doc.attrs == {"section": "economy", "rank": 2}
     assert doc.embed_text() == "Title\nBody"
     assert doc.embed_text("[{title}] {text}") == "[Title] Body"

@@ -4,7 +4,7 @@ model that wrote them, and the status report per index."""
 
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from workers.sinks.base import SinkRecord
 from workers.sinks.parquet import ParquetSink, index_of
 
 DIM = 4
-DAY = datetime(2026, 11, 28, 9, tzinfo=timezone.utc)
+DAY = datetime(2026, 11, 28, 9, tzinfo=UTC)
 
 
 def records(offsets, partition=0):

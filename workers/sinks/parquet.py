@@ -26,7 +26,7 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -278,7 +278,7 @@ class ParquetSink:
                         held = self._held.get(tp, -1)
                 rows = [r for r in buf.rows if r.offset > held]
                 if rows:
-                    day = (rows[0].ingested_at or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y-%m-%d")
+                    day = (rows[0].ingested_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d")
                     self.write_rows(rows, tp[0], tp[1], rows[0].offset, buf.last, day)
             except SinkBackpressureError as exc:
                 with self._cond:
@@ -301,6 +301,7 @@ class ParquetSink:
         final = f"{folder}/{file_name(topic, partition, first, last)}"
         table = self._table(rows)
         try:
+            assert self._fs is not None, "setup() opens the filesystem"
             self._fs.create_dir(folder, recursive=True)
             if self._local:
                 self._write_local(table, folder, final)
@@ -337,7 +338,7 @@ class ParquetSink:
         """One Arrow table from the rows, column by column (vectors stacked in one copy;
         timestamps as integer microseconds, which keeps pyarrow away from its pandas path)."""
         n, dim = len(rows), self.dim
-        now = _micros(datetime.now(timezone.utc))
+        now = _micros(datetime.now(UTC))
         flat = np.zeros((n, dim), dtype=np.float32)
         missing = np.zeros(n, dtype=bool)
         for i, r in enumerate(rows):
@@ -366,7 +367,7 @@ class ParquetSink:
         return pa.Table.from_arrays(columns, schema=self.schema)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _micros(ts: datetime | None) -> int | None:
@@ -374,6 +375,6 @@ def _micros(ts: datetime | None) -> int | None:
     if ts is None:
         return None
     if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
     delta = ts - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

@@ -5,12 +5,19 @@ Key `{prefix}:{index}` (index defaults to the model slug), split into S shard ke
 or Redis Cluster nodes share the inserts (one vector set takes only a few thousand VADD/s).
 Writes are pipelined without MULTI (a transaction would stop VADD from using threads).
 VADD upserts, so writing a record twice is harmless: the sink is idempotent.
+
+Retries: one policy, `retry_policy(settings)` (`redis.retries` more attempts after a connection
+error or timeout, `retry_backoff_s` doubling up to `retry_backoff_max_s`). Every other client
+(search, status, backfill, setup) gets it from `connect()`. The sink's writes make one attempt
+each (their clients retry nothing): a failure is SinkBackpressureError whose `retry_after_s` is
+the policy's next wait, and the sink stage waits it out without holding its lock, with the input
+paused, retrying until Redis answers. So the lock a rebalance needs is held for one attempt at
+most (`socket_timeout_s`), and a hung write pauses the input within `workers.sink_stall_s`.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from datetime import datetime
 from typing import Any
@@ -18,8 +25,17 @@ from typing import Any
 import numpy as np
 import orjson
 import redis
-from redis.exceptions import (AuthenticationError, BusyLoadingError, ConnectionError, NoPermissionError,
-                              ReadOnlyError, ResponseError, TimeoutError)
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ConnectionError,
+    NoPermissionError,
+    ReadOnlyError,
+    ResponseError,
+    TimeoutError,
+)
+from redis.retry import Retry
 
 from workers.errors import SinkBackpressureError, SinkError
 from workers.settings import RedisSettings, read_secret, redact_url
@@ -51,10 +67,19 @@ class VectorSetIndex:
         return f"{doc_id}#{chunk}" if chunked else doc_id
 
 
-def connect(settings: RedisSettings, url: str):
-    """A client for `url` with the configured credentials and TLS; raises nothing until used."""
+def retry_policy(settings: RedisSettings) -> Retry:
+    """The one Redis retry policy: `retries` more attempts after a transient error, waiting
+    `retry_backoff_s` doubled per failure, at most `retry_backoff_max_s`."""
+    return Retry(ExponentialBackoff(cap=settings.retry_backoff_max_s, base=settings.retry_backoff_s),
+                 settings.retries, supported_errors=TRANSIENT)
+
+
+def connect(settings: RedisSettings, url: str, retry: bool = True):
+    """A client for `url` with the configured credentials, TLS and retry policy (`retry=False`:
+    one attempt per command, for callers that retry themselves); raises nothing until used."""
     kwargs: dict[str, Any] = {"socket_timeout": settings.socket_timeout_s,
-                              "socket_connect_timeout": settings.socket_timeout_s}
+                              "socket_connect_timeout": settings.socket_timeout_s,
+                              "retry": retry_policy(settings) if retry else Retry(NoBackoff(), 0)}
     password = read_secret(settings.password, settings.password_file)
     if settings.username:
         kwargs["username"] = settings.username
@@ -69,6 +94,18 @@ def connect(settings: RedisSettings, url: str):
 
         return RedisCluster.from_url(url, **kwargs)
     return redis.Redis.from_url(url, **kwargs)
+
+
+def check_reachable(settings: RedisSettings) -> None:
+    """Ping every configured server under the retry policy (drivers call this before they start
+    work that would otherwise wait on Redis); SinkError naming the first that does not answer."""
+    for url in dict.fromkeys(settings.shard_urls or [settings.url]):
+        try:
+            connect(settings, url).ping()
+        except redis.RedisError as exc:
+            raise (explain_redis_error(exc, url, settings)
+                   or SinkError(f"Redis at {redact_url(url)} does not answer ({exc}); check redis.url / "
+                                "redis.shard_urls and that the server runs")) from None
 
 
 def explain_redis_error(exc: Exception, url: str, settings: RedisSettings) -> SinkError | None:
@@ -95,6 +132,9 @@ class RedisVectorSetSink:
         self.index = VectorSetIndex(settings.key_prefix, settings.index or model_slug, settings.shards)
         self._cas = ("CAS",) if settings.cas else ()
         self._clients: list = []
+        self._policy = retry_policy(settings)
+        self._backoff = ExponentialBackoff(cap=settings.retry_backoff_max_s, base=settings.retry_backoff_s)
+        self._failures = 0  # writes failed in a row
         self._durable: dict[TP, int] = {}
         self.written = 0
         self.deleted = 0
@@ -109,20 +149,21 @@ class RedisVectorSetSink:
         for shard in range(self.index.shards):
             url = self._url_of(shard)
             if url not in by_url:
-                by_url[url] = connect(self.settings, url)
+                by_url[url] = connect(self.settings, url, retry=False)
             self._clients.append(by_url[url])
         for url, client in by_url.items():
-            self._call(url, lambda c=client: self._check_server(c, url))
+            self._call(url, lambda c=client, u=url: self._check_server(c, u), retry=True)
         meta = {"model": self.model_id, "model_slug": self.model_slug, "dim": self.dim, "shards": self.index.shards,
                 "quantization": self.settings.quantization}
         client = self._clients[0]
-        existing = self._call(self._url_of(0), lambda: client.hgetall(self.index.meta_key))
+        existing = self._call(self._url_of(0), lambda: client.hgetall(self.index.meta_key), retry=True)
         existing = {k.decode(): v.decode() for k, v in existing.items()}
         for field in ("dim", "shards"):
             if field in existing and existing[field] != str(meta[field]):
                 raise SinkError(f"vector set {self.index.base} was created with {field}={existing[field]}, but this "
                                 f"worker has {field}={meta[field]}; use a new redis.index (or --target) for a new layout")
-        self._call(self._url_of(0), lambda: client.hset(self.index.meta_key, mapping={k: str(v) for k, v in meta.items()}))
+        self._call(self._url_of(0), lambda: client.hset(self.index.meta_key, mapping={k: str(v) for k, v in meta.items()}),
+                   retry=True)
 
     @staticmethod
     def _check_server(client, url: str) -> None:
@@ -210,23 +251,26 @@ class RedisVectorSetSink:
             return json.dumps(attrs, ensure_ascii=False).encode()
 
 
-    def _call(self, url: str, fn):
-        """Run `fn` with retries on connection trouble; typed errors for the rest."""
-        delay = 0.2
-        for attempt in range(self.settings.retries + 1):
-            try:
-                return fn()
-            except (AuthenticationError, NoPermissionError) as exc:  # AuthenticationError is a ConnectionError
-                raise explain_redis_error(exc, url, self.settings) from None
-            except TRANSIENT as exc:
-                if attempt == self.settings.retries:
-                    raise SinkBackpressureError(f"Redis at {redact_url(url)} is unavailable: {exc}",
-                                                retry_after_s=1.0) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except redis.RedisError as exc:
-                raise (explain_redis_error(exc, url, self.settings)
-                       or SinkError(f"Redis at {redact_url(url)} refused a write: {exc}")) from None
+    def _call(self, url: str, fn, retry: bool = False):
+        """Run `fn` once (a write: the sink stage retries it) or under the retry policy (setup).
+        Transient trouble is SinkBackpressureError with the policy's next wait; credentials,
+        permissions and refused commands are SinkError naming the reason."""
+        try:
+            if retry:
+                return self._policy.call_with_retry(fn, lambda exc: None,
+                                                    is_retryable=lambda exc: not isinstance(exc, AuthenticationError))
+            result = fn()
+            self._failures = 0
+            return result
+        except (AuthenticationError, NoPermissionError) as exc:  # AuthenticationError is a ConnectionError
+            raise (explain_redis_error(exc, url, self.settings) or SinkError(str(exc))) from None
+        except TRANSIENT as exc:
+            self._failures += 1
+            raise SinkBackpressureError(f"Redis at {redact_url(url)} is unavailable: {exc}",
+                                        retry_after_s=max(0.05, self._backoff.compute(self._failures))) from None
+        except redis.RedisError as exc:
+            raise (explain_redis_error(exc, url, self.settings)
+                   or SinkError(f"Redis at {redact_url(url)} refused a write: {exc}")) from None
 
     def flush(self, now: float, force: bool = False) -> None:
         pass  # every write is acknowledged by Redis before write() returns
