@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down status test test-fast lint plots demo bench-encoder clean
+.PHONY: install up down status cluster-up cluster-down cluster-status test test-fast lint plots demo bench-encoder clean
 
 install: $(STAMP)
 
@@ -25,6 +25,17 @@ down:
 
 status:
 	bash infra/local/services.sh status
+
+# The scale-out rehearsal: 3 Kafka brokers, a Redis Cluster (3 masters + 3 replicas), a 2-node Ray
+# cluster, all on 127.0.0.1 (configs/cluster.yaml points at it).
+cluster-up: install
+	bash infra/local/cluster.sh up
+
+cluster-down:
+	bash infra/local/cluster.sh down
+
+cluster-status:
+	bash infra/local/cluster.sh status
 
 # Starts the services that are not running yet, runs the whole suite, stops only what it started.
 # pytest's exit 5 (a marker selection that collects nothing) counts as success.

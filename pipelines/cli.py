@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -35,6 +36,8 @@ err_console = Console(stderr=True)
 def _settings(args) -> EmbedworkerSettings:
     settings = load_settings(args.config)
     args.settings = settings  # for the error messages of main()
+    if settings.ray.auth_mode and "ray" not in sys.modules:  # Ray reads it once, when it loads
+        os.environ.setdefault("RAY_AUTH_MODE", settings.ray.auth_mode)
     logs.configure(args.log_level or settings.logging.level, settings.logging.json_format or None)
     for secret in (settings.redis.password, settings.kafka.security.sasl_password):
         if secret is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
@@ -41,6 +42,10 @@ class RaySettings(BaseModel):
     address: str | None = None      # None: a local Ray; "auto" or ray://host:10001 for a cluster
     namespace: str = "embedworker"
     num_cpus: int | None = None     # for a local Ray only
+    # How the `embedworker` command authenticates to the cluster at `address` (it sets RAY_AUTH_MODE
+    # before Ray loads; Ray reads it once): "token" sends the token of RAY_AUTH_TOKEN or
+    # ~/.ray/auth_token; None leaves Ray's default. In your own Python, set RAY_AUTH_MODE yourself.
+    auth_mode: Literal["token", "disabled"] | None = None
 
 
 class LoggingSettings(BaseModel):

@@ -26,7 +26,10 @@ def ensure_topic(settings: EmbedworkerSettings, topic: str, partitions: int) -> 
     try:
         if topic in admin.list_topics():
             return False
-        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1}}, wait_for_metadata=True)
+        spec: dict = {"num_partitions": partitions, "replication_factor": k.replication_factor}
+        if k.min_insync_replicas is not None:
+            spec["configs"] = {"min.insync.replicas": str(k.min_insync_replicas)}
+        admin.create_topics({topic: spec}, wait_for_metadata=True)
         return True
     except TopicAlreadyExistsError:
         return False

@@ -112,9 +112,11 @@ class Searcher:
         keys = self.index.shard_keys()
 
         def one(i: int):
-            if not self._present[i]:
-                return {}  # an empty shard: VSIM on a missing key has no reply to parse
             try:
+                if not self._present[i]:  # empty at the last look: VSIM on a missing key has no reply to parse
+                    self._present[i] = bool(self._clients[i].exists(keys[i]))
+                    if not self._present[i]:
+                        return {}
                 return self._clients[i].vset().vsim(keys[i], blob, with_scores=True, with_attribs=True, count=count,
                                                     ef=ef, filter=filter) or {}
             except ResponseError as exc:

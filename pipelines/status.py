@@ -121,8 +121,12 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
         keys = []
         for i, key in enumerate(index.shard_keys()):
             client = clients[urls[i % len(urls)]]
-            keys.append({"key": key, "vectors": int(client.execute_command("VCARD", key) or 0),
-                         "server": redact_url(urls[i % len(urls)])})
+            if r.cluster:  # where the slot of the key lives: the shards' placement over the masters
+                node = client.get_node_from_key(key)
+                server = f"{node.host}:{node.port} (cluster master)"
+            else:
+                server = redact_url(urls[i % len(urls)])
+            keys.append({"key": key, "vectors": int(client.execute_command("VCARD", key) or 0), "server": server})
         meta = {k.decode(): v.decode() for k, v in first.hgetall(index.meta_key).items()}
         return {"index": index.base, "alias": alias.decode() if alias else None, "meta": meta, "keys": keys,
                 "total_vectors": sum(k["vectors"] for k in keys)}

@@ -6,6 +6,10 @@ import uuid
 
 import pytest
 
+# Ray reads its authentication mode once, when it loads: token (Ray's default for the local
+# clusters the tests start) also lets the cluster tests join infra/local/cluster.sh's Ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 KAFKA_BOOTSTRAP = os.environ.get("EMBEDWORKER_TEST_KAFKA", "localhost:9092")
 REDIS_URL = os.environ.get("EMBEDWORKER_TEST_REDIS", "redis://127.0.0.1:6379/0")
 

@@ -33,18 +33,15 @@ def make_settings(kafka_bootstrap: str, redis_url: str, model_dir, tmp_path: Pat
 
 
 def create_topic(settings: EmbedworkerSettings, partitions: int = 3, topic: str | None = None) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    try:
-        name = topic or settings.kafka.topic
-        if name not in admin.list_topics():
-            admin.create_topics({name: {"num_partitions": partitions, "replication_factor": 1}}, wait_for_metadata=True)
-    finally:
-        admin.close()
+    """As `embedworker produce` creates it (kafka.replication_factor, min_insync_replicas)."""
+    from pipelines.produce import ensure_topic
+
+    ensure_topic(settings, topic or settings.kafka.topic, partitions)
 
 
 def produce(settings: EmbedworkerSettings, records: list[tuple[bytes | None, bytes | None]]) -> None:
     """Send (key, value) pairs in order (same key -> same partition, in order)."""
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=5,
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers.split(","), acks="all", linger_ms=5,
                              max_request_size=settings.kafka.max_message_bytes)
     for key, value in records:
         producer.send(settings.kafka.topic, key=key, value=value)
@@ -57,7 +54,7 @@ def doc(doc_id: str, text: str, **fields) -> tuple[bytes, bytes]:
 
 
 def end_offsets(settings: EmbedworkerSettings, topic: str | None = None) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers.split(","))
     try:
         name = topic or settings.kafka.topic
         parts = consumer.partitions_for_topic(name) or set()
@@ -70,7 +67,7 @@ def end_offsets(settings: EmbedworkerSettings, topic: str | None = None) -> dict
 def committed_offsets(settings: EmbedworkerSettings) -> dict[int, int]:
     """The group's committed offsets ({} while the broker cannot tell, e.g. just after a restart)."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers.split(","))
     except KafkaError:
         return {}
     try:
@@ -100,7 +97,7 @@ def all_committed(settings: EmbedworkerSettings) -> bool:
 
 
 def read_dlq(settings: EmbedworkerSettings, expected: int, timeout: float = 20.0) -> list:
-    consumer = KafkaConsumer(settings.kafka.dead_letter_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
+    consumer = KafkaConsumer(settings.kafka.dead_letter_topic, bootstrap_servers=settings.kafka.bootstrap_servers.split(","),
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              max_partition_fetch_bytes=settings.kafka.max_message_bytes)
     records, deadline = [], time.monotonic() + timeout

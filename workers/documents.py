@@ -136,35 +136,26 @@ def _fast_loads(value: bytes) -> Any:
 
 
 def _pairs_and_colons(v: Any) -> tuple[int, int]:
-    if type(v) is dict:  # the usual shape, flat: strings, numbers and one attrs object
-        pairs, colons = len(v), 0
+    """(key-value pairs, colons inside keys and strings) of a value orjson parsed (exact dict,
+    list and str types). Strings are counted in place, not by a call: the usual document is one
+    flat object of strings and numbers."""
+    if type(v) is str:
+        return 0, v.count(":")
+    pairs = colons = 0
+    if type(v) is dict:
+        pairs = len(v)
         for k, x in v.items():
             colons += k.count(":")
             if type(x) is str:
                 colons += x.count(":")
-            elif isinstance(x, (dict, list, str)):
-                p, c = _pairs_and_colons_nested(x)
+            elif type(x) is dict or type(x) is list:
+                p, c = _pairs_and_colons(x)
                 pairs, colons = pairs + p, colons + c
-        return pairs, colons
-    return _pairs_and_colons_nested(v)
-
-
-def _pairs_and_colons_nested(v: Any) -> tuple[int, int]:
-    if isinstance(v, str):
-        return 0, v.count(":")
-    if isinstance(v, dict):
-        pairs, colons = len(v), 0
-        for k, x in v.items():
-            p, c = _pairs_and_colons_nested(x)
-            pairs, colons = pairs + p, colons + c + k.count(":")
-        return pairs, colons
-    if isinstance(v, list):
-        pairs = colons = 0
+    elif type(v) is list:
         for x in v:
-            p, c = _pairs_and_colons_nested(x)
+            p, c = _pairs_and_colons(x)
             pairs, colons = pairs + p, colons + c
-        return pairs, colons
-    return 0, 0
+    return pairs, colons
 
 
 def _strict_loads(value: bytes) -> Any:

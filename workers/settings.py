@@ -94,6 +94,8 @@ class KafkaSettings(_Section):
     commit_interval_ms: int = Field(1000, ge=0)
     metadata_max_age_ms: int = Field(30_000, ge=1000)  # how soon new partitions (and topics) are noticed
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    replication_factor: int = Field(1, ge=1)          # of the topics the project creates (produce, DLQ)
+    min_insync_replicas: int | None = Field(None, ge=1)  # their min.insync.replicas (None: the broker's)
 
     @field_validator("topic", "group_id")
     @classmethod
@@ -176,6 +178,10 @@ class RedisSettings(_Section):
     # step holds the main thread (see bench/RESULTS.md for when it pays).
     cas: bool = False
     socket_timeout_s: float = Field(10.0, gt=0)
+    # A batch counts as written only when this many replicas hold it (WAIT after the writes);
+    # 0: when the master has it (asynchronous replication can lose it in a failover).
+    wait_replicas: int = Field(0, ge=0)
+    wait_timeout_s: float = Field(2.0, gt=0)
     retries: int = Field(3, ge=0)             # more attempts after a transient error (see retry_policy)
     retry_backoff_s: float = Field(0.2, gt=0)  # the wait after the first failure, doubled per failure
     retry_backoff_max_s: float = Field(2.0, gt=0)

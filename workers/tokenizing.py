@@ -122,13 +122,14 @@ class TextTokenizer:
             again = []
             for i, enc in zip(todo, encodings):
                 whole = cuts[i] >= len(texts[i])
-                if whole or self._overflow(enc) >= CUT_SPARE_TOKENS:
+                over = 0 if whole else self._overflow(enc)
+                if whole or over >= CUT_SPARE_TOKENS:
                     ids[i] = enc.ids
                     if not whole:
                         chars += cuts[i]
-                        tokens += len(enc.ids) + self._overflow(enc)
+                        tokens += len(enc.ids) + over
                     continue
-                got = max(1, len(enc.ids) - self.num_special + self._overflow(enc))
+                got = max(1, len(enc.ids) - self.num_special + over)
                 wider = _space_cut(texts[i], int(cuts[i] * need / got * 1.3) + 64)
                 # a long run of spaces can send the cut back to where it was: take the whole text
                 cuts[i] = wider if wider > cuts[i] else len(texts[i])

@@ -2,6 +2,7 @@
 
     python infra/local/check_services.py kafka localhost:9092
     python infra/local/check_services.py redis redis://127.0.0.1:6379/0
+    python infra/local/check_services.py redis-node redis://127.0.0.1:17000/0   # a cluster node, no slots yet
 
 Exit 0 when the service answers for real (Kafka: cluster metadata with a live broker;
 Redis: version >= 8 and a VADD/VSIM/VREM round trip on a scratch key), non-zero otherwise.
@@ -44,6 +45,16 @@ def check_redis(url: str) -> None:
     print(f"redis {version}: VADD/VSIM/VREM work")
 
 
+def check_redis_node(url: str) -> None:
+    """A cluster node before it has slots: it answers, is >= 8 and has cluster mode on."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=3)
+    info = client.info()
+    if int(info["redis_version"].split(".")[0]) < 8 or not info.get("cluster_enabled"):
+        raise SystemExit(f"redis: {url} is {info['redis_version']}, cluster_enabled={info.get('cluster_enabled')}")
+
+
 if __name__ == "__main__":
     kind, target = sys.argv[1], sys.argv[2]
-    {"kafka": check_kafka, "redis": check_redis}[kind](target)
+    {"kafka": check_kafka, "redis": check_redis, "redis-node": check_redis_node}[kind](target)

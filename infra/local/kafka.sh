@@ -4,6 +4,10 @@
 # Settings (environment): KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
 #   KAFKA_SASL_PORT (KAFKA_PORT+2; a SASL_PLAINTEXT listener with PLAIN and SCRAM-SHA-256/512),
 #   KAFKA_SASL_USER / KAFKA_SASL_PASSWORD (local development credentials), KAFKA_HEAP (512m).
+# One node of a cluster (infra/local/cluster.sh): KAFKA_NODE_ID (1), KAFKA_VOTERS (the static
+#   controller quorum, "1@127.0.0.1:19192,2@..."; empty: a standalone node), KAFKA_CLUSTER_ID
+#   (shared by the nodes), KAFKA_REPLICATION (1: replication factor of the internal and new
+#   topics), KAFKA_MIN_ISR (1).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO_DIR/infra/local/kafka/pom.xml")"
@@ -13,6 +17,10 @@ KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-$((KAFKA_PORT + 2))}"
 KAFKA_SASL_USER="${KAFKA_SASL_USER:-embedworker}"
 KAFKA_SASL_PASSWORD="${KAFKA_SASL_PASSWORD:-embedworker-local-dev}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
+KAFKA_NODE_ID="${KAFKA_NODE_ID:-1}"
+KAFKA_VOTERS="${KAFKA_VOTERS:-}"
+KAFKA_REPLICATION="${KAFKA_REPLICATION:-1}"
+KAFKA_MIN_ISR="${KAFKA_MIN_ISR:-1}"
 LIB_DIR="$CACHE_DIR/kafka-$KAFKA_VERSION/lib"
 INST_DIR="$RUN_DIR/kafka-$KAFKA_PORT"
 PROPS="$INST_DIR/server.properties"
@@ -42,8 +50,8 @@ write_props() {
   cat > "$PROPS" <<PROPS
 # written by infra/local/kafka.sh
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=localhost:$KAFKA_CONTROLLER_PORT
+node.id=$KAFKA_NODE_ID
+$(if [ -n "$KAFKA_VOTERS" ]; then echo "controller.quorum.voters=$KAFKA_VOTERS"; else echo "controller.quorum.bootstrap.servers=localhost:$KAFKA_CONTROLLER_PORT"; fi)
 listeners=PLAINTEXT://localhost:$KAFKA_PORT,CONTROLLER://localhost:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://localhost:$KAFKA_SASL_PORT
 advertised.listeners=PLAINTEXT://localhost:$KAFKA_PORT,CONTROLLER://localhost:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://localhost:$KAFKA_SASL_PORT
 controller.listener.names=CONTROLLER
@@ -56,12 +64,14 @@ listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.com
 log.dirs=$INST_DIR/data
 num.partitions=3
 auto.create.topics.enable=true
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor=$KAFKA_REPLICATION
 offsets.topic.num.partitions=3
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+default.replication.factor=$KAFKA_REPLICATION
+min.insync.replicas=$KAFKA_MIN_ISR
+transaction.state.log.replication.factor=$KAFKA_REPLICATION
+transaction.state.log.min.isr=$KAFKA_MIN_ISR
+share.coordinator.state.topic.replication.factor=$KAFKA_REPLICATION
+share.coordinator.state.topic.min.isr=$KAFKA_MIN_ISR
 group.initial.rebalance.delay.ms=0
 message.max.bytes=4194304
 log.retention.hours=168
@@ -70,9 +80,10 @@ PROPS
 
 format_storage() {
   [ -f "$INST_DIR/data/meta.properties" ] && return 0
-  local cid
-  cid="$("$(java_bin)" -cp "$LIB_DIR/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
-  "$(java_bin)" -cp "$LIB_DIR/*" kafka.tools.StorageTool format --standalone -t "$cid" -c "$PROPS" \
+  local cid="${KAFKA_CLUSTER_ID:-}" mode=(--standalone)
+  [ -n "$cid" ] || cid="$("$(java_bin)" -cp "$LIB_DIR/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
+  [ -z "$KAFKA_VOTERS" ] || mode=()  # a static quorum: the voters are in the properties
+  "$(java_bin)" -cp "$LIB_DIR/*" kafka.tools.StorageTool format "${mode[@]}" -t "$cid" -c "$PROPS" \
       --add-scram "SCRAM-SHA-256=[name=$KAFKA_SASL_USER,password=$KAFKA_SASL_PASSWORD]" \
       --add-scram "SCRAM-SHA-512=[name=$KAFKA_SASL_USER,password=$KAFKA_SASL_PASSWORD]" \
       > "$INST_DIR/format.log" 2>&1 || { cat "$INST_DIR/format.log" >&2; die "kafka storage format failed"; }

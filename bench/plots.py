@@ -1,0 +1,161 @@
+"""Charts from the recorded benchmark results (`make plots`): reads bench/results/*.json, writes
+PNGs to bench/plots/. Nothing is measured here, so the charts are reproducible without a rerun;
+each title names the machine and the date of the run it draws.
+
+    encoder.png    (a) our encoder vs sentence-transformers `encode`, docs/s by precision and mix
+    hostpath.png   (b) CPU per document around the model, by stage, before and after (stacked)
+    index.png      (c) recall@10 vs queries/s for NOQUANT / Q8 / BIN across EF and shard counts
+    latency.png    (d) end-to-end latency (Kafka timestamp -> found in Redis), CDF with p50/p95/p99
+
+A chart whose results file is missing is skipped with a line saying which bench makes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+import numpy as np  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COLORS = {"st": "#9e9e9e", "fp32": "#1f77b4", "bf16": "#2ca02c", "int8": "#ff7f0e", "fp16": "#9467bd",
+          "noquant": "#1f77b4", "q8": "#2ca02c", "bin": "#d62728"}
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def encoder_chart(out: Path) -> str | None:
+    runs = [r for r in (load("encoder_news.json"), load("encoder_short.json")) if r]
+    if not runs:
+        return "bench/encoder.py --mix news --out bench/results/encoder_news.json (and --mix short)"
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    width = 0.2
+    for i, run in enumerate(runs):
+        bars = [("sentence-transformers", run[next(k for k in run if k.startswith("st_") and k.endswith("_docs_s"))], "st")]
+        bars += [(f"ours {k.split('_')[1]}", v, k.split("_")[1]) for k, v in run.items()
+                 if k.startswith("ours_") and k.endswith("_docs_s")]
+        for j, (label, value, color) in enumerate(bars):
+            x = i + (j - (len(bars) - 1) / 2) * width
+            ax.bar(x, value, width * 0.92, color=COLORS.get(color, "#777"), label=label if i == 0 else None)
+            ratio = value / bars[0][1]
+            ax.annotate(f"{value:.0f}\n×{ratio:.2f}", (x, value), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(runs)), [f"{r['mix']} mix ({r.get('mean_tokens', '?')} tokens/doc, n={r['n']})"
+                                     for r in runs])
+    ax.set_ylabel("documents per second")
+    ax.margins(y=0.2)
+    ax.legend(fontsize=8, loc="upper left")
+    first = runs[0]
+    ax.set_title(f"Encoder vs sentence-transformers encode(), {first['device']} "
+                 f"({first['device_name']}, {first['torch_threads']} threads), {first['date']}", fontsize=9)
+    return _save(fig, out / "encoder.png")
+
+
+def hostpath_chart(out: Path) -> str | None:
+    runs = [("before (short;\nRedis: 256 distinct\nstub vectors)", load("hostpath_short_before.json")), ("after\n(short)", load("hostpath_short.json")),
+            ("after, EF 100\n(short)", load("hostpath_short_ef100.json")), ("after\n(news)", load("hostpath_news.json")),
+            ("real encoder path,\nzero-layer model\n(short)", load("hostpath_short_zero_layer.json"))]
+    runs = [(label, r) for label, r in runs if r]
+    if not runs:
+        return "bench/hostpath.py --mix short --json > bench/results/hostpath_short.json"
+    stages = [("tokenize (worker)", "tokenize_cpu_ms_per_doc", "#1f77b4"),
+              ("rest of the worker", "overhead_cpu_ms_per_doc", "#aec7e8"),
+              ("redis-server", "redis_cpu_ms_per_doc", "#d62728"),
+              ("Kafka broker", "kafka_cpu_ms_per_doc", "#7f7f7f")]
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    for i, (_, run) in enumerate(runs):
+        bottom = 0.0
+        for name, key, color in stages:
+            value = run.get(key)
+            if value is None:
+                continue
+            ax.bar(i, value, 0.6, bottom=bottom, color=color, label=name if i == 0 or name == "Kafka broker" else None)
+            bottom += value
+        ax.annotate(f"{bottom:.2f}", (i, bottom), ha="center", va="bottom", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set_xticks(range(len(runs)), [label for label, _ in runs], fontsize=8)
+    ax.set_ylabel("CPU ms per document")
+    ax.margins(y=0.15)
+    last = runs[-1][1]
+    ax.set_title(f"Host path: CPU per document around the model (stub forward), {last['machine']}, {last['date']}",
+                 fontsize=9)
+    return _save(fig, out / "hostpath.png")
+
+
+def index_chart(out: Path) -> str | None:
+    run = load("index.json")
+    if not run:
+        return "bench/index.py --out bench/results/index.json"
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    rows = [r for r in run["rows"] if r["set"] == "clustered" and "ef" in r]
+    for name in sorted({r["index"] for r in rows}):
+        series = sorted((r for r in rows if r["index"] == name), key=lambda r: r["ef"])
+        quant, shards = name.split(" x")
+        ax.plot([r["queries/s"] for r in series], [r["recall@10"] for r in series],
+                marker="o" if shards == "1" else "s", linestyle="-" if shards == "1" else "--",
+                color=COLORS.get(quant, "#777"), label=f"{quant.upper()}, {shards} shard(s)")
+        for r in series if shards == "1" else ():  # the 4-shard curves follow the same EF order
+            ax.annotate(f"EF {r['ef']}", (r["queries/s"], r["recall@10"]), fontsize=6, xytext=(3, -8),
+                        textcoords="offset points")
+    ax.set_xlabel("queries per second (one client, shards searched in parallel)")
+    ax.set_ylabel("recall@10 vs exact search")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Redis vector sets: {run['n']:,} clustered 384-d vectors, M {run['m']}, EF build "
+                 f"{run['ef_build']}, {run.get('machine', '?')}, {run.get('date', '?')}", fontsize=9)
+    return _save(fig, out / "index.png")
+
+
+def latency_chart(out: Path) -> str | None:
+    run = load("stream_latency.json")
+    if not run or not run.get("latency_ms"):
+        return "bench/stream.py --skip-throughput --out bench/results/stream_latency.json"
+    lat = np.sort(np.asarray(run["latency_ms"]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), color="#1f77b4")
+    for q, color in ((50, "#2ca02c"), (95, "#ff7f0e"), (99, "#d62728")):
+        v = float(np.percentile(lat, q))
+        ax.axvline(v, color=color, linestyle="--", linewidth=1)
+        ax.annotate(f"p{q} {v:.0f} ms", (v, 0.05 + q / 250), color=color, fontsize=8, xytext=(4, 0),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("Kafka record timestamp → found by VSIM in Redis (ms, log scale)")
+    ax.set_ylabel("fraction of documents")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(f"End-to-end latency at {run['rate_docs_s']:.0f} docs/s, {run['found']} of {run['sent']} documents, "
+                 f"{run['latency_model']}, {run['machine']}, {run['date']}", fontsize=9)
+    return _save(fig, out / "latency.png")
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "plots"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    missing = [m for m in (encoder_chart(out), hostpath_chart(out), index_chart(out), latency_chart(out)) if m]
+    for how in missing:
+        print(f"skipped a chart: no results yet; make them with {how}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The pipeline on the local scale-out cluster (3 Kafka brokers, a Redis Cluster of 3 masters and
+3 replicas, 2 Ray nodes with one GPU each), through failures one at a time: a broker killed -9,
+a Redis master killed -9 (its replica takes over), the second Ray node stopped. After each,
+every document is once in Redis and once in Parquet, and the offsets are committed to the end."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from pipelines.config import load_settings
+from pipelines.stream import StreamSupervisor
+from tests.cluster.conftest import REPO, cluster
+from tests.helpers import all_committed, committed_offsets, end_offsets, read_parquet, wait_until
+from tests.reliability.conftest import Stream, run_in_thread
+from workers.sinks.redis_vset import VectorSetIndex
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+
+def cluster_settings(tiny_model_dir, tmp_path, unique, **overrides):
+    data = load_settings(REPO / "configs" / "cluster.yaml").model_dump(mode="json")
+    data["kafka"].update(topic=f"t-{unique}", group_id=f"g-{unique}", commit_interval_ms=200,
+                         session_timeout_ms=6000, metadata_max_age_ms=3000)
+    data["model"] = {"name": str(tiny_model_dir), "device": "cpu"}
+    data["redis"].update(key_prefix=f"test{unique}", quantization="noquant")
+    data["parquet"].update(path=str(tmp_path / "parquet"), max_seconds=0.5)
+    data["workers"].update(metrics_port=None, drain_timeout_s=30)
+    data["logging"] = {"summary_interval_s": 5}
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values}
+    return load_settings(None, data)
+
+
+def supervised(settings):
+    """Replicas started and supervised in a thread (which re-runs a replica Ray restarted)."""
+    supervisor = StreamSupervisor(settings)
+    supervisor.start()
+    thread, box = run_in_thread(lambda: supervisor.supervise(poll_s=0.5))
+    return supervisor, thread, box
+
+
+def master_of(client: RedisCluster, key: str) -> int:
+    return client.get_node_from_key(key).port
+
+
+def promoted(client: RedisCluster, key: str, old_master: int) -> bool:
+    """Whether `key`'s slot has a master other than `old_master` (the failover happened)."""
+    try:
+        client.nodes_manager.initialize()
+        return master_of(client, key) != old_master
+    except redis.RedisError:
+        return False
+
+
+def test_broker_loss_and_redis_failover_lose_nothing(local_cluster, tiny_model_dir, tmp_path, unique):
+    settings = cluster_settings(tiny_model_dir, tmp_path, unique)
+    rc = RedisCluster(host="127.0.0.1", port=17000)
+    stream = Stream(settings, 3000, n_bad=6, seed=11, partitions=6)
+    supervisor, thread, box = supervised(settings)
+    try:
+        stream.send(1000)
+        wait_until(lambda: stream.committed() > 300, timeout=120, message="progress on the cluster")
+        cluster("kafka-kill", "2")                       # (a) a broker killed -9
+        stream.send(1000)
+        wait_until(lambda: stream.committed() >= 1900, timeout=180, message="progress without broker 2",
+                   diagnose=lambda: f"committed {committed_offsets(settings)}, end {end_offsets(settings)}")
+        cluster("kafka-start", "2")
+        key = VectorSetIndex(settings.redis.key_prefix, "tiny-bert", settings.redis.shards).key_for(next(iter(stream.valid)))
+        victim = master_of(rc, key)
+        cluster("redis-kill", str(victim))               # (b) a Redis master killed -9, its replica takes over
+        stream.send()
+        other = RedisCluster(host="127.0.0.1", port=17001 if victim == 17000 else 17000)
+        wait_until(lambda: promoted(other, key, victim), timeout=60, message="the replica promoted")
+        # The new master has no replica: with wait_replicas 1 its shards are not durable, so the
+        # workers hold their commits (backpressure) until the old master returns as its replica.
+        held = committed_offsets(settings)
+        cluster("redis-start", str(victim))
+        wait_until(lambda: all_committed(settings), timeout=240, message="everything committed after the failover",
+                   diagnose=lambda: f"committed {committed_offsets(settings)}, end {end_offsets(settings)}")
+        assert sum(held.values()) < len(stream.records)
+    finally:
+        supervisor.request_stop()
+        thread.join(120)
+    assert "error" not in box, box
+    rc = RedisCluster(host="127.0.0.1", port=17001 if victim == 17000 else 17000)
+    stream.check(rc)
+    assert read_parquet(settings).num_rows == len(stream.valid)
+
+
+def test_a_ray_node_stopped_its_partitions_move_and_the_replica_returns(local_cluster, tiny_model_dir, tmp_path,
+                                                                          unique):
+    from pipelines.status import collect_status
+
+    settings = cluster_settings(tiny_model_dir, tmp_path, unique)
+    stream = Stream(settings, 1500, n_bad=3, seed=12, partitions=6)
+    supervisor, thread, box = supervised(settings)
+    try:
+        stream.send(500)
+        wait_until(lambda: stream.committed() > 200, timeout=120, message="progress with two replicas")
+        cluster("ray-node-stop")                         # (c) the second node goes away with its replica
+        stream.send(500)
+        wait_until(lambda: collect_status(settings, actors=True)["problems"], timeout=60,
+                   message="status to report the missing replica")
+        wait_until(lambda: stream.committed() >= 900, timeout=180, message="the other replica takes the partitions")
+        cluster("ray-node-start")
+        stream.send()
+        wait_until(lambda: all_committed(settings), timeout=240, message="everything committed")
+        wait_until(lambda: not collect_status(settings, actors=True)["problems"], timeout=180,
+                   message="the replica back on the returned node")
+    finally:
+        supervisor.request_stop()
+        thread.join(120)
+    assert "error" not in box, box
+    stream.check(RedisCluster(host="127.0.0.1", port=17000))
+    assert read_parquet(settings).num_rows == len(stream.valid)
