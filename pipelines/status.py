@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, RetriableError
 from redis.exceptions import RedisError
 
 from pipelines.config import EmbedworkerSettings
@@ -94,8 +94,16 @@ def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
 def _offsets(admin: KafkaAdminClient, k) -> tuple[dict[int, int], dict[int, int]]:
     _, ends = topic_offsets(admin, k.topic)
     # A group that does not exist has no offsets (an empty answer); an error is not "nothing
-    # committed" and propagates, so an unreachable coordinator never reads as growing lag.
-    group = admin.list_group_offsets(k.group_id).get(k.group_id, {})
+    # committed" and propagates, so an unreachable coordinator never reads as growing lag. A
+    # coordinator still being found or loaded (a new group) is asked again for a few seconds.
+    for attempt in range(10):
+        try:
+            group = admin.list_group_offsets(k.group_id).get(k.group_id, {})
+            break
+        except RetriableError:
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
     committed = {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == k.topic}
     return ends, committed
 

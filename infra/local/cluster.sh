@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A scale-out rehearsal on one machine, without Docker (`make cluster-up` / `make cluster-down`):
 #   - Kafka: 3 KRaft nodes (broker + controller each), brokers on CLUSTER_KAFKA_PORT.. +2
-#     (19092-19094), controllers on +100, SASL on +200; replication factor 3, min.insync.replicas 2;
+#     (19092-19094), controllers on +300, SASL on +400; replication factor 3, min.insync.replicas 2;
 #   - Redis Cluster: 6 redis-server 8 nodes on CLUSTER_REDIS_PORT.. +5 (17000-17005), 3 masters
 #     and 3 replicas (CLUSTER ADDSLOTSRANGE / MEET / REPLICATE, infra/local/redis_cluster.py);
 #   - Ray: a head (CLUSTER_RAY_PORT, 16380) and one more node, each declaring one GPU, so two
@@ -19,12 +19,12 @@ RAY_PORT="${CLUSTER_RAY_PORT:-16380}"
 CLUSTER_DIR="$RUN_DIR/cluster"
 export EMBEDWORKER_RUN_DIR="$CLUSTER_DIR"
 RAY="$(dirname "$PYTHON")/ray"
-VOTERS="1@127.0.0.1:$((KAFKA_BASE + 100)),2@127.0.0.1:$((KAFKA_BASE + 101)),3@127.0.0.1:$((KAFKA_BASE + 102))"
+VOTERS="1@127.0.0.1:$((KAFKA_BASE + 300)),2@127.0.0.1:$((KAFKA_BASE + 301)),3@127.0.0.1:$((KAFKA_BASE + 302))"
 
 kafka_node() {  # kafka_node N start|stop|status
   local n="$1"; shift
-  KAFKA_PORT=$((KAFKA_BASE + n - 1)) KAFKA_CONTROLLER_PORT=$((KAFKA_BASE + 99 + n)) \
-    KAFKA_SASL_PORT=$((KAFKA_BASE + 199 + n)) KAFKA_NODE_ID="$n" KAFKA_VOTERS="$VOTERS" \
+  KAFKA_PORT=$((KAFKA_BASE + n - 1)) KAFKA_CONTROLLER_PORT=$((KAFKA_BASE + 299 + n)) \
+    KAFKA_SASL_PORT=$((KAFKA_BASE + 399 + n)) KAFKA_NODE_ID="$n" KAFKA_VOTERS="$VOTERS" \
     KAFKA_CLUSTER_ID="$(cluster_id)" KAFKA_REPLICATION=3 KAFKA_MIN_ISR=2 KAFKA_HEAP="${CLUSTER_KAFKA_HEAP:-384m}" \
     "$HERE/kafka.sh" "$@"
 }
@@ -66,7 +66,7 @@ ray_node() {  # ray_node head|node start|stop|status: `ray start --block` in a s
       echo $! > "$pidfile"
       local deadline=$((SECONDS + 90))
       until grep -q "Ray runtime started" "$dir/ray.log" 2>/dev/null; do
-        pid_alive "$pidfile" "$marker" || { tail -n 30 "$dir/ray.log" >&2; die "$name exited during start"; }
+        started_alive "$pidfile" || { tail -n 30 "$dir/ray.log" >&2 || true; die "$name exited during start"; }
         [ $SECONDS -lt $deadline ] || die "$name did not start within 90 s (log: $dir/ray.log)"
         sleep 0.5
       done

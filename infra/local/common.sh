@@ -44,6 +44,10 @@ stop_pid() {
   log "$name: stopped (pid $pid)"
 }
 
+# started_alive PIDFILE: during a start, whether the child just forked is still there (its command
+# line holds the marker only once it has exec'd the service, so pid_alive can miss it that early).
+started_alive() { kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 require_python() {

@@ -104,7 +104,7 @@ start() {
   echo $! > "$PIDFILE"
   local deadline=$((SECONDS + 120))
   while [ $SECONDS -lt $deadline ]; do
-    pid_alive "$PIDFILE" "$MARKER" || { tail -n 30 "$LOGFILE" >&2; die "$NAME exited during start (log: $LOGFILE)"; }
+    started_alive "$PIDFILE" || { tail -n 30 "$LOGFILE" >&2 || true; die "$NAME exited during start (log: $LOGFILE)"; }
     if port_open "$KAFKA_PORT" && "$PYTHON" "$REPO_DIR/infra/local/check_services.py" kafka "localhost:$KAFKA_PORT" >/dev/null 2>&1; then
       log "$NAME: ready in $((SECONDS - t0)) s (pid $(cat "$PIDFILE"), log $LOGFILE)"
       return 0

@@ -59,7 +59,7 @@ CONF
   echo $! > "$PIDFILE"
   local deadline=$((SECONDS + 15))
   while [ $SECONDS -lt $deadline ]; do
-    pid_alive "$PIDFILE" "$MARKER" || { tail -n 20 "$LOGFILE" >&2 || true; die "$NAME exited during start"; }
+    started_alive "$PIDFILE" || { tail -n 20 "$LOGFILE" >&2 || true; die "$NAME exited during start"; }
     if port_open "$REDIS_PORT"; then
       "$PYTHON" "$REPO_DIR/infra/local/check_services.py" "$([ "${REDIS_CLUSTER:-0}" = 1 ] && echo redis-node || echo redis)" \
           "redis://127.0.0.1:$REDIS_PORT/0" >&2 \

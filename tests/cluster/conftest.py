@@ -21,6 +21,8 @@ def local_cluster():
     running = cluster("status", check=False).returncode == 0
     if not running:
         started = cluster("up", check=False)
+        if started.returncode != 0:
+            cluster("down", check=False)  # what did start must not hold ports for the other tests
         assert started.returncode == 0, f"cluster.sh up failed:\n{started.stderr[-3000:]}"
     yield
     import ray
