@@ -73,11 +73,15 @@ class VectorSetIndex:
         return f"{doc_id}#{chunk}" if chunked else doc_id
 
 
+def retry_backoff(settings: RedisSettings) -> ExponentialBackoff:
+    """The policy's waits: `retry_backoff_s` doubled per failure, at most `retry_backoff_max_s`."""
+    return ExponentialBackoff(cap=settings.retry_backoff_max_s, base=settings.retry_backoff_s)
+
+
 def retry_policy(settings: RedisSettings) -> Retry:
     """The one Redis retry policy: `retries` more attempts after a transient error, waiting
-    `retry_backoff_s` doubled per failure, at most `retry_backoff_max_s`."""
-    return Retry(ExponentialBackoff(cap=settings.retry_backoff_max_s, base=settings.retry_backoff_s),
-                 settings.retries, supported_errors=TRANSIENT)
+    `retry_backoff(settings)` between them."""
+    return Retry(retry_backoff(settings), settings.retries, supported_errors=TRANSIENT)
 
 
 def connect(settings: RedisSettings, url: str, retry: bool = True):
@@ -139,7 +143,7 @@ class RedisVectorSetSink:
         self._cas = ("CAS",) if settings.cas else ()
         self._clients: list = []
         self._policy = retry_policy(settings)
-        self._backoff = ExponentialBackoff(cap=settings.retry_backoff_max_s, base=settings.retry_backoff_s)
+        self._backoff = retry_backoff(settings)  # the waits between the stage's write attempts
         self._failures = 0  # writes failed in a row
         self._durable: dict[TP, int] = {}
         self.written = 0
@@ -194,7 +198,8 @@ class RedisVectorSetSink:
 
     def _write_shard(self, shard: int, records: list[SinkRecord]) -> None:
         client, key = self._clients[shard], self.index.shard_keys()[shard]
-        chunks_now = self._stored_chunk_counts(self._master_of(client, key), key, records)  # current through the batch
+        target = self._master_of(client, key)
+        chunks_now = self._stored_chunk_counts(target, key, records)  # kept current through the batch
         commands: list[tuple] = []
         quant = self.settings.quantization.upper()
         for rec in records:
@@ -215,12 +220,12 @@ class RedisVectorSetSink:
         if wait:  # on the same connection, after the writes: WAIT counts the replicas that have them
             commands.append(("WAIT", wait, int(self.settings.wait_timeout_s * 1000)))
         try:
-            results = send_pipelined(self._master_of(client, key), commands)
+            results = send_pipelined(target, commands)
         except TRANSIENT:
             self._refresh_topology(client)  # a master that died: its replica may have taken over
             raise
         for result in results:
-            if isinstance(result, CLUSTER_REDIRECTS) or str(result).startswith(("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")):
+            if isinstance(result, CLUSTER_REDIRECTS):  # redis-py parses these replies into typed errors
                 self._refresh_topology(client)  # a failover or resharding: learn the new masters
                 raise ConnectionError(f"{key} moved ({result}); slots refreshed")
             if isinstance(result, Exception):
