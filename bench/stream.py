@@ -79,7 +79,7 @@ def cleanup(settings) -> None:
 
     from kafka import KafkaAdminClient
 
-    from workers.sinks.redis_vset import connect
+    from workers.redis_client import connect
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
@@ -131,7 +131,8 @@ def latency(model: str, rate: float, seconds: float, tmp: Path) -> dict:
 
     from pipelines.produce import ensure_topic
     from pipelines.stream import StreamSupervisor
-    from workers.sinks.redis_vset import VectorSetIndex, connect
+    from workers.redis_client import connect
+    from workers.vector_sets import VectorSetIndex
 
     tag = uuid.uuid4().hex[:8]
     settings = settings_for(model, tmp, tag, batching={"max_wait_ms": 10})

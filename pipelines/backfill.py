@@ -31,8 +31,9 @@ from pipelines.stream import StreamSupervisor, init_ray
 from workers.backfill_units import Unit, UnitEmbedder, plan_units, write_json_atomic
 from workers.errors import EmbedworkerError
 from workers.kafka_clients import kafka_error_message, new_consumer
+from workers.redis_client import check_reachable, connect
 from workers.settings import RedisSettings
-from workers.sinks.redis_vset import VectorSetIndex, check_reachable, connect
+from workers.vector_sets import VectorSetIndex
 
 
 class BackfillError(EmbedworkerError):
@@ -250,7 +251,7 @@ def index_size(settings: EmbedworkerSettings, index: str) -> int:
     urls = r.shard_urls or [r.url]
     clients = {u: connect(r, u) for u in dict.fromkeys(urls)}
     try:
-        keys = VectorSetIndex(r.key_prefix, index, r.shards).shard_keys()
+        keys = VectorSetIndex.stored(clients[urls[0]], r, index).shard_keys()
         return sum(int(clients[urls[i % len(urls)]].execute_command("VCARD", key) or 0) for i, key in enumerate(keys))
     finally:
         for client in clients.values():

@@ -34,6 +34,9 @@ err_console = Console(stderr=True)
 
 
 def _settings(args) -> EmbedworkerSettings:
+    """The settings of `--config` (loaded once, by main(), before any command imports Ray)."""
+    if getattr(args, "settings", None) is not None:
+        return args.settings
     settings = load_settings(args.config)
     args.settings = settings  # for the error messages of main()
     if settings.ray.auth_mode and "ray" not in sys.modules:  # Ray reads it once, when it loads
@@ -294,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo" and args.config is None:
         args.config = "configs/demo.yaml"
     try:
+        if hasattr(args, "config"):
+            _settings(args)  # first: ray.auth_mode must be in the environment before Ray loads
         return args.fn(args)
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/red]")

@@ -17,7 +17,9 @@ from pipelines.config import EmbedworkerSettings
 from workers.encoder import Encoder
 from workers.errors import EmbedworkerError
 from workers.model_files import model_slug
-from workers.sinks.redis_vset import VectorSetIndex, connect, explain_redis_error
+from workers.redis_client import connect, explain_redis_error
+from workers.settings import RedisSettings
+from workers.vector_sets import VectorSetIndex
 
 
 class SearchError(EmbedworkerError):
@@ -49,22 +51,17 @@ def resolve_index(client, settings: EmbedworkerSettings, slug: str) -> VectorSet
     r = settings.redis
     name = client.get(alias_key(settings))
     name = name.decode() if isinstance(name, bytes) else (name or r.index or slug)
-    index = VectorSetIndex(r.key_prefix, name, r.shards)
-    shards = client.hget(index.meta_key, "shards")
-    if shards is not None:
-        index = VectorSetIndex(r.key_prefix, name, int(shards))
-    return index
+    return VectorSetIndex.stored(client, r, name)
 
 
-def list_indexes(client, key_prefix: str) -> list[str]:
+def list_indexes(client, settings: RedisSettings) -> list[str]:
     """`{prefix}:{index}` of every index with a meta key (written when a sink starts on it),
     and how many vectors each holds."""
     out = []
-    for raw in sorted(client.scan_iter(match=f"{key_prefix}:*:meta", count=1000)):
+    for raw in sorted(client.scan_iter(match=f"{settings.key_prefix}:*:meta", count=1000)):
         base = (raw.decode() if isinstance(raw, bytes) else raw)[:-len(":meta")]
-        shards = int(client.hget(f"{base}:meta", "shards") or 1)
-        keys = [base] if shards == 1 else [f"{base}:{i}" for i in range(shards)]
-        out.append(f"{base} ({sum(int(client.execute_command('VCARD', k) or 0) for k in keys)} vectors)")
+        index = VectorSetIndex.stored(client, settings, base[len(settings.key_prefix) + 1:])
+        out.append(f"{base} ({sum(int(client.execute_command('VCARD', k) or 0) for k in index.shard_keys())} vectors)")
     return out
 
 
@@ -95,7 +92,7 @@ class Searcher:
             err = explain_redis_error(exc, s.redis.url, s.redis)
             raise SearchError(str(err) if err else f"Redis is unreachable: {exc}") from None
         if not any(present):  # Redis removes a vector set with its last element: empty = missing
-            others = list_indexes(self._clients[0], s.redis.key_prefix)
+            others = list_indexes(self._clients[0], s.redis)
             raise SearchError(f"index {self.index.base} is empty or missing; indexes here: "
                               + (", ".join(others) if others else f"none under {s.redis.key_prefix}:"))
         self._present = present

@@ -12,15 +12,16 @@ import pyarrow.parquet as pq
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError, RetriableError
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.search import alias_key, resolve_index
 from workers.kafka_clients import kafka_error_message, new_admin
 from workers.model_files import model_slug
+from workers.redis_client import connect, explain_redis_error
 from workers.settings import redact_url
 from workers.sinks.parquet import index_of, list_files, open_filesystem
-from workers.sinks.redis_vset import connect, explain_redis_error
 
 
 def topic_offsets(admin: KafkaAdminClient, topic: str) -> tuple[dict[int, int], dict[int, int]]:
@@ -127,17 +128,20 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
         index = resolve_index(first, settings, model_slug(settings.model.name))
         alias = first.get(alias_key(settings))
         keys = []
+        placement: dict[str, int] = {}  # shards per server
         for i, key in enumerate(index.shard_keys()):
             client = clients[urls[i % len(urls)]]
             if r.cluster:  # where the slot of the key lives: the shards' placement over the masters
                 node = client.get_node_from_key(key)
-                server = f"{node.host}:{node.port} (cluster master)"
+                server, detail = f"{node.host}:{node.port}", f" (master of slot {key_slot(key.encode())})"
             else:
-                server = redact_url(urls[i % len(urls)])
-            keys.append({"key": key, "vectors": int(client.execute_command("VCARD", key) or 0), "server": server})
+                server, detail = redact_url(urls[i % len(urls)]), ""
+            placement[server] = placement.get(server, 0) + 1
+            keys.append({"key": key, "vectors": int(client.execute_command("VCARD", key) or 0),
+                         "server": server + detail})
         meta = {k.decode(): v.decode() for k, v in first.hgetall(index.meta_key).items()}
         return {"index": index.base, "alias": alias.decode() if alias else None, "meta": meta, "keys": keys,
-                "total_vectors": sum(k["vectors"] for k in keys)}
+                "layout": index.layout, "placement": placement, "total_vectors": sum(k["vectors"] for k in keys)}
     except RedisError as exc:
         return {"error": str(explain_redis_error(exc, urls[0], r) or f"Redis: {exc}")}
 

@@ -77,6 +77,9 @@ def status_view(report: dict) -> Group:
         for key in r["keys"]:
             table.add_row(key["key"], str(key["vectors"]), key["server"])
         parts.append(table)
+        if len(r.get("placement", {})) > 1:
+            parts.append(Text(f"shards per server ({r['layout']} keys): "
+                              + ", ".join(f"{server} {n}" for server, n in sorted(r["placement"].items()))))
     p = report["parquet"]
     if "error" in p:
         parts.append(Text(f"parquet: {p['error']}", style="red"))

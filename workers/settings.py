@@ -189,6 +189,13 @@ class RedisSettings(_Section):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
 
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, v):
+        if not v or "{" in v or "}" in v:  # a hash tag in the prefix would put every shard in one slot
+            raise ValueError(f"must be non-empty and without '{{' or '}}' (shard keys carry the hash tags), got {v!r}")
+        return v
+
     @field_validator("index")
     @classmethod
     def _index_name(cls, v):

@@ -7,8 +7,10 @@
 #   - Ray: a head (CLUSTER_RAY_PORT, 16380) and one more node, each declaring one GPU, so two
 #     replicas with num_gpus 1 land one per node (compute stays on CPU: model.device cpu).
 #   infra/local/cluster.sh up|down|status
-#   infra/local/cluster.sh kafka-kill N | kafka-start N | redis-kill PORT | redis-start PORT | ray-node-stop | ray-node-start
-# Everything binds to 127.0.0.1 and lives under RUN_DIR/cluster; processes are stopped by pid.
+#   infra/local/cluster.sh kafka-kill N | kafka-start N | redis-kill PORT | redis-start PORT |
+#     redis-pause PORT | redis-resume PORT | ray-node-stop | ray-node-start
+# Kafka and Redis bind to 127.0.0.1 (Ray 2.60's GCS and raylets listen on every interface whatever
+# --node-ip-address says: its token is required). All lives under RUN_DIR/cluster; stopped by pid.
 # configs/cluster.yaml points at all of it.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 HERE="$REPO_DIR/infra/local"
@@ -128,9 +130,11 @@ case "${1:-}" in
   kafka-start) require_python; kafka_node "$2" start ;;
   redis-kill)
     pidfile="$CLUSTER_DIR/redis-$2/redis.pid"; kill -KILL "$(cat "$pidfile")"; rm -f "$pidfile" ;;
+  redis-pause|redis-resume)  # SIGSTOP / SIGCONT one node: a replica that falls behind (the loss test)
+    pidfile="$CLUSTER_DIR/redis-$2/redis.pid"; kill "-$([ "$1" = redis-pause ] && echo STOP || echo CONT)" "$(cat "$pidfile")" ;;
   redis-start)  # a node killed before comes back empty and replicates the master that lacks a replica
     require_python; redis_node "$2" start; "$PYTHON" "$HERE/redis_cluster.py" --rejoin "$2" $(redis_ports) ;;
   ray-node-stop) ray_node node stop ;;
   ray-node-start) ray_node node start ;;
-  *) echo "usage: $0 up|down|status|kafka-kill N|kafka-start N|redis-kill PORT|redis-start PORT|ray-node-stop|ray-node-start" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kafka-kill N|kafka-start N|redis-kill PORT|redis-start PORT|redis-pause PORT|redis-resume PORT|ray-node-stop|ray-node-start" >&2; exit 2 ;;
 esac

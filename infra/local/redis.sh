@@ -54,7 +54,12 @@ cluster-config-file $INST_DIR/nodes.conf
 cluster-node-timeout ${REDIS_CLUSTER_NODE_TIMEOUT:-3000}
 cluster-require-full-coverage no")
 CONF
-  [ "${REDIS_CLUSTER:-0}" = 1 ] && rm -f "$INST_DIR/nodes.conf"  # a node joins afresh (no persistence)
+  if [ "${REDIS_PERSIST:-0}" != 1 ]; then
+    # Start empty, as configured: a replica's full sync leaves a dump.rdb behind, which would be
+    # loaded, and a cluster node with keys claims their slots (the next cluster came up with holes).
+    rm -f "$INST_DIR/dump.rdb"
+    [ "${REDIS_CLUSTER:-0}" = 1 ] && rm -f "$INST_DIR/nodes.conf"  # a node joins afresh
+  fi
   setsid "$server" "$CONF" < /dev/null > /dev/null 2>&1 &
   echo $! > "$PIDFILE"
   local deadline=$((SECONDS + 15))

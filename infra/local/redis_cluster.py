@@ -21,11 +21,13 @@ def node(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
 
 
-def cluster_ok(c: redis.Redis) -> bool:
+def cluster_info(c: redis.Redis) -> dict:
     info = c.execute_command("CLUSTER", "INFO")
-    state = info.get("cluster_state") if isinstance(info, dict) else dict(
-        line.split(":", 1) for line in str(info).splitlines() if ":" in line).get("cluster_state")
-    return state == "ok"
+    return info if isinstance(info, dict) else dict(line.split(":", 1) for line in str(info).splitlines() if ":" in line)
+
+
+def cluster_ok(c: redis.Redis) -> bool:
+    return cluster_info(c).get("cluster_state") == "ok"
 
 
 def form(ports: list[int], masters: int) -> None:
@@ -58,6 +60,9 @@ def form(ports: list[int], masters: int) -> None:
         if time.monotonic() > deadline:
             raise SystemExit("redis cluster: not ok after 60 s")
         time.sleep(0.2)
+    assigned = int(cluster_info(clients[0])["cluster_slots_assigned"])
+    if assigned != SLOTS:  # a node that held keys claimed their slots: not the layout asked for
+        raise SystemExit(f"redis cluster: {assigned} of {SLOTS} slots assigned (did a node start with data?)")
     print(f"redis cluster on {ports}: {masters} masters, {len(ports) - masters} replicas, state ok")
 
 

@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import redis
+from redis.cluster import RedisCluster
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = ["bash", str(REPO / "infra" / "local" / "cluster.sh")]
@@ -30,3 +32,24 @@ def local_cluster():
     ray.shutdown()  # this process joined the cluster's Ray: the next modules start local ones
     if not running:
         cluster("down", check=False)
+
+
+def master_of(client: RedisCluster, key: str) -> int:
+    return client.get_node_from_key(key).port
+
+
+def promoted(client: RedisCluster, key: str, old_master: int) -> bool:
+    """Whether `key`'s slot has a master other than `old_master` (the failover happened)."""
+    try:
+        client.nodes_manager.initialize()
+        return master_of(client, key) != old_master
+    except redis.RedisError:
+        return False
+
+
+def replica_of(master: int, ask: int) -> int:
+    """The port of a replica of the master on port `master`, as the node on port `ask` sees it."""
+    nodes = redis.Redis(port=ask).execute_command("CLUSTER NODES")
+    master_id = next(n["node_id"] for addr, n in nodes.items() if addr.startswith(f"127.0.0.1:{master}"))
+    return next(int(addr.split(":")[1].split("@")[0]) for addr, n in nodes.items()
+                if n["master_id"] == master_id and "fail" not in n["flags"])

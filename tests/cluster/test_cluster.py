@@ -5,16 +5,22 @@ every document is once in Redis and once in Parquet, and the offsets are committ
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
-import redis
+import yaml
 from redis.cluster import RedisCluster
 
 from pipelines.config import load_settings
 from pipelines.stream import StreamSupervisor
-from tests.cluster.conftest import REPO, cluster
+from tests.cluster.conftest import REPO, cluster, master_of, promoted
 from tests.helpers import all_committed, committed_offsets, end_offsets, read_parquet, wait_until
 from tests.reliability.conftest import Stream, run_in_thread
-from workers.sinks.redis_vset import VectorSetIndex
+from workers.vector_sets import VectorSetIndex
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -41,19 +47,6 @@ def supervised(settings):
     return supervisor, thread, box
 
 
-def master_of(client: RedisCluster, key: str) -> int:
-    return client.get_node_from_key(key).port
-
-
-def promoted(client: RedisCluster, key: str, old_master: int) -> bool:
-    """Whether `key`'s slot has a master other than `old_master` (the failover happened)."""
-    try:
-        client.nodes_manager.initialize()
-        return master_of(client, key) != old_master
-    except redis.RedisError:
-        return False
-
-
 def test_broker_loss_and_redis_failover_lose_nothing(local_cluster, tiny_model_dir, tmp_path, unique):
     settings = cluster_settings(tiny_model_dir, tmp_path, unique)
     rc = RedisCluster(host="127.0.0.1", port=17000)
@@ -67,7 +60,7 @@ def test_broker_loss_and_redis_failover_lose_nothing(local_cluster, tiny_model_d
         wait_until(lambda: stream.committed() >= 1900, timeout=180, message="progress without broker 2",
                    diagnose=lambda: f"committed {committed_offsets(settings)}, end {end_offsets(settings)}")
         cluster("kafka-start", "2")
-        key = VectorSetIndex(settings.redis.key_prefix, "tiny-bert", settings.redis.shards).key_for(next(iter(stream.valid)))
+        key = VectorSetIndex.stored(rc, settings.redis, "tiny-bert").key_for(next(iter(stream.valid)))
         victim = master_of(rc, key)
         cluster("redis-kill", str(victim))               # (b) a Redis master killed -9, its replica takes over
         stream.send()
@@ -87,6 +80,30 @@ def test_broker_loss_and_redis_failover_lose_nothing(local_cluster, tiny_model_d
     rc = RedisCluster(host="127.0.0.1", port=17001 if victim == 17000 else 17000)
     stream.check(rc)
     assert read_parquet(settings).num_rows == len(stream.valid)
+    check_placement_and_search(settings, rc, list(stream.valid))
+
+
+def check_placement_and_search(settings, client: RedisCluster, ids: list[str]) -> None:
+    """The 6 shard keys sit 2 on each of the 3 masters (the failover moved a master, not a slot),
+    and search finds documents on every shard, merged into one ranking."""
+    from pipelines.search import Searcher
+    from pipelines.status import redis_status
+
+    report = redis_status(settings)
+    assert report["layout"] == "slots", report
+    assert sorted(report["placement"].values()) == [2, 2, 2], report["placement"]
+    searcher = Searcher(settings)
+    searcher.setup()
+    assert searcher.count() == len(ids)
+    shards = set()
+    for doc_id in ids[::50]:
+        vector = np.asarray(client.vset().vemb(searcher.index.key_for(doc_id), doc_id), dtype=np.float32)
+        hits = searcher.search_vector(vector, k=5)
+        assert hits[0].id == doc_id and hits[0].score > 0.999, (doc_id, hits[:2])
+        shards.add(searcher.index.shard_of(doc_id))
+    assert shards == set(range(6))
+    hits = searcher.search("속보 정부 발표 금리", k=30)  # through the encoder, over all shards at once
+    assert len(hits) == 30 and len({searcher.index.shard_of(h.id) for h in hits}) > 1
 
 
 def test_a_ray_node_stopped_its_partitions_move_and_the_replica_returns(local_cluster, tiny_model_dir, tmp_path,
@@ -109,9 +126,23 @@ def test_a_ray_node_stopped_its_partitions_move_and_the_replica_returns(local_cl
         wait_until(lambda: all_committed(settings), timeout=240, message="everything committed")
         wait_until(lambda: not collect_status(settings, actors=True)["problems"], timeout=180,
                    message="the replica back on the returned node")
+        report = status_from_the_cli(settings, tmp_path)
+        assert [a["up"] for a in report["actors"]["actors"]] == [True, True], report["actors"]
     finally:
         supervisor.request_stop()
         thread.join(120)
     assert "error" not in box, box
     stream.check(RedisCluster(host="127.0.0.1", port=17000))
     assert read_parquet(settings).num_rows == len(stream.valid)
+
+
+def status_from_the_cli(settings, tmp_path) -> dict:
+    """`embedworker status --json` in a process of its own, as an operator runs it: no
+    RAY_AUTH_MODE in its environment (the config's ray.auth_mode must reach Ray before it loads)."""
+    config = tmp_path / "cluster-test.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "status", "--json", "--config", str(config)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 3), done.stderr[-2000:]  # 3: a problem, which the caller looks at
+    return json.loads(done.stdout)

@@ -20,7 +20,7 @@ from pipelines.backfill import BackfillJob, replay_topic
 from pipelines.search import Searcher
 from tests.helpers import committed_offsets, create_topic, doc, end_offsets, make_settings, produce, read_parquet
 from workers.encoder import Encoder
-from workers.sinks.redis_vset import VectorSetIndex
+from workers.vector_sets import VectorSetIndex
 
 pytestmark = pytest.mark.integration
 WORDS = ["서울", "경제", "금리", "반도체", "수출", "날씨", "태풍", "야구", "축구", "선거", "market", "chip", "rates", "storm", "election", "season"]

@@ -26,7 +26,7 @@ from tests.helpers import (
 )
 from tests.hostile import bad_records
 from workers.encoder import Encoder
-from workers.sinks.redis_vset import VectorSetIndex
+from workers.vector_sets import VectorSetIndex
 
 pytestmark = pytest.mark.integration
 

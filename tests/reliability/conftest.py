@@ -24,7 +24,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.hostile import bad_records
-from workers.sinks.redis_vset import VectorSetIndex
+from workers.vector_sets import VectorSetIndex
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ["속보", "정부", "발표", "금리", "반도체", "수출", "날씨", "태풍", "야구", "선거", "breaking", "market", "rates", "storm", "chip", "election"]
@@ -71,7 +71,7 @@ class Stream:
         assert self.sent == len(self.records), "the test sent the whole stream"
         assert all_committed(s), f"committed {committed_offsets(s)} != end {end_offsets(s)}"
         assert committed_offsets(s) == end_offsets(s)
-        vindex = VectorSetIndex(s.redis.key_prefix, index, s.redis.shards)
+        vindex = VectorSetIndex.stored(redis_client, s.redis, index)  # the layout the sink recorded
         pipe = redis_client.pipeline(transaction=False)
         for i in self.valid:
             pipe.execute_command("VISMEMBER", vindex.key_for(i), i)

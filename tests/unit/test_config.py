@@ -24,6 +24,8 @@ def test_a_variable_overrides_the_file_and_nested_keys_work(tmp_path):
     ("EMBEDWORKER__KAFKA__SECURITY", "plain", "expects a section as a JSON object"),
     ("EMBEDWORKER__FOO", "1", "unknown setting 'foo'"),
     ("EMBEDWORKER__KAFKA__TOPICC", "x", "unknown setting 'kafka.topicc'"),
+    ("EMBEDWORKER__REDIS__KEY_PREFIX", "news{1}", "without '{' or '}'"),
+    ("EMBEDWORKER__REDIS__INDEX", "a/b", "letters, digits"),
 ])
 def test_bad_variables_are_named(name, value, expected):
     with pytest.raises(ConfigError) as err:

@@ -9,8 +9,9 @@ import pytest
 from redis.exceptions import AuthenticationError, ConnectionError
 
 from workers.errors import SinkBackpressureError, SinkError
+from workers.redis_client import connect
 from workers.settings import RedisSettings
-from workers.sinks.redis_vset import RedisVectorSetSink, connect
+from workers.sinks.redis_vset import RedisVectorSetSink
 
 
 @pytest.fixture

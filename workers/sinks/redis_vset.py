@@ -1,134 +1,45 @@
-"""Redis vector sets (Redis >= 8: VADD, VREM, VSIM): one element per document id (or chunk).
-
-Key `{prefix}:{index}` (index defaults to the model slug), split into S shard keys
-`{prefix}:{index}:{i}` by a stable hash of the id when S > 1, so that several Redis processes
-or Redis Cluster nodes share the inserts (one vector set takes only a few thousand VADD/s).
+"""The Redis sink: vector sets (Redis >= 8: VADD, VREM), one element per document id (or chunk),
+in the keys VectorSetIndex names (one per shard; see workers/vector_sets.py for the layouts).
 Writes are pipelined without MULTI (a transaction would stop VADD from using threads).
 VADD upserts, so writing a record twice is harmless: the sink is idempotent.
 
-Retries: one policy, `retry_policy(settings)` (`redis.retries` more attempts after a connection
-error or timeout, `retry_backoff_s` doubling up to `retry_backoff_max_s`). Every other client
-(search, status, backfill, setup) gets it from `connect()`. The sink's writes make one attempt
-each (their clients retry nothing): a failure is SinkBackpressureError whose `retry_after_s` is
-the policy's next wait, and the sink stage waits it out without holding its lock, with the input
-paused, retrying until Redis answers. So the lock a rebalance needs is held for one attempt at
-most (`socket_timeout_s`), and a hung write pauses the input within `workers.sink_stall_s`.
+Writes make one attempt each (their clients retry nothing): a failure is SinkBackpressureError
+whose `retry_after_s` is the retry policy's next wait (workers/redis_client.py), and the sink
+stage waits it out without holding its lock, with the input paused, retrying until Redis
+answers. So the lock a rebalance needs is held for one attempt at most (`socket_timeout_s`),
+and a hung write pauses the input within `workers.sink_stall_s`.
+
+Redis Cluster: each shard's batch goes to the master that holds its key's slot, on one
+connection, so that `WAIT redis.wait_replicas` after it counts the replicas that hold that batch;
+a failover or resharding (MOVED, ASK, a dead master) makes the client learn the slot map again.
 """
 
 from __future__ import annotations
 
 import json
-import zlib
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import orjson
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import (
-    AskError,
-    AuthenticationError,
-    BusyLoadingError,
-    ClusterDownError,
-    ConnectionError,
-    MovedError,
-    NoPermissionError,
-    ReadOnlyError,
-    ResponseError,
-    TimeoutError,
-    TryAgainError,
-)
-from redis.retry import Retry
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
 
 from workers.errors import SinkBackpressureError, SinkError
-from workers.settings import RedisSettings, read_secret, redact_url
+from workers.redis_client import (
+    CLUSTER_REDIRECTS,
+    TRANSIENT,
+    connect,
+    explain_redis_error,
+    retry_backoff,
+    retry_policy,
+    send_pipelined,
+)
+from workers.settings import RedisSettings, redact_url
 from workers.sinks.base import TP, SinkRecord
+from workers.vector_sets import VectorSetIndex
 
-TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSError)
-# Redis Cluster replies while slots move (a failover, a resharding): learn the map again, retry.
-CLUSTER_REDIRECTS = (AskError, ClusterDownError, MovedError, TryAgainError)
 RESERVED_ATTRS = ("id", "chunk", "chunks", "title", "url", "source", "lang", "published_at", "model")
-
-
-class VectorSetIndex:
-    """Names of an index's keys and elements; shared by the sink, search and status."""
-
-    def __init__(self, key_prefix: str, index: str, shards: int):
-        self.base = f"{key_prefix}:{index}"
-        self.shards = shards
-        self.meta_key = f"{self.base}:meta"
-
-    def shard_keys(self) -> list[str]:
-        return [self.base] if self.shards == 1 else [f"{self.base}:{i}" for i in range(self.shards)]
-
-    def shard_of(self, doc_id: str) -> int:
-        return zlib.crc32(doc_id.encode("utf-8")) % self.shards
-
-    def key_for(self, doc_id: str) -> str:
-        return self.shard_keys()[self.shard_of(doc_id)]
-
-    @staticmethod
-    def element(doc_id: str, chunk: int, chunked: bool) -> str:
-        return f"{doc_id}#{chunk}" if chunked else doc_id
-
-
-def retry_backoff(settings: RedisSettings) -> ExponentialBackoff:
-    """The policy's waits: `retry_backoff_s` doubled per failure, at most `retry_backoff_max_s`."""
-    return ExponentialBackoff(cap=settings.retry_backoff_max_s, base=settings.retry_backoff_s)
-
-
-def retry_policy(settings: RedisSettings) -> Retry:
-    """The one Redis retry policy: `retries` more attempts after a transient error, waiting
-    `retry_backoff(settings)` between them."""
-    return Retry(retry_backoff(settings), settings.retries, supported_errors=TRANSIENT)
-
-
-def connect(settings: RedisSettings, url: str, retry: bool = True):
-    """A client for `url` with the configured credentials, TLS and retry policy (`retry=False`:
-    one attempt per command, for callers that retry themselves); raises nothing until used."""
-    kwargs: dict[str, Any] = {"socket_timeout": settings.socket_timeout_s,
-                              "socket_connect_timeout": settings.socket_timeout_s,
-                              "retry": retry_policy(settings) if retry else Retry(NoBackoff(), 0)}
-    password = read_secret(settings.password, settings.password_file)
-    if settings.username:
-        kwargs["username"] = settings.username
-    if password is not None:
-        kwargs["password"] = password
-    if url.startswith("rediss://"):
-        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-            if getattr(settings, name) is not None:
-                kwargs[name] = str(getattr(settings, name))
-    if settings.cluster:
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(url, **kwargs)
-    return redis.Redis.from_url(url, **kwargs)
-
-
-def check_reachable(settings: RedisSettings) -> None:
-    """Ping every configured server under the retry policy (drivers call this before they start
-    work that would otherwise wait on Redis); SinkError naming the first that does not answer."""
-    for url in dict.fromkeys(settings.shard_urls or [settings.url]):
-        try:
-            connect(settings, url).ping()
-        except redis.RedisError as exc:
-            raise (explain_redis_error(exc, url, settings)
-                   or SinkError(f"Redis at {redact_url(url)} does not answer ({exc}); check redis.url / "
-                                "redis.shard_urls and that the server runs")) from None
-
-
-def explain_redis_error(exc: Exception, url: str, settings: RedisSettings) -> SinkError | None:
-    """A SinkError naming the problem for failures that retrying will not fix, else None."""
-    who = f"user {settings.username!r}" if settings.username else "the default user"
-    where = redact_url(url)
-    if isinstance(exc, AuthenticationError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
-        return SinkError(f"Redis at {where} rejected the credentials of {who} ({exc}); check redis.username and "
-                         "redis.password / redis.password_file")
-    if isinstance(exc, NoPermissionError) or "NOPERM" in str(exc):
-        return SinkError(f"Redis at {where}: {who} lacks a permission the sink needs ({exc}); it needs VADD, VREM, "
-                         "VGETATTR, VCARD, VDIM, VSIM, HSET, HGETALL on keys under redis.key_prefix")
-    return None
 
 
 class RedisVectorSetSink:
@@ -139,7 +50,7 @@ class RedisVectorSetSink:
         self.model_slug = model_slug
         self.model_id = model_id
         self.dim = dim
-        self.index = VectorSetIndex(settings.key_prefix, settings.index or model_slug, settings.shards)
+        self.index = VectorSetIndex.new(settings, settings.index or model_slug)  # setup() reads the stored one
         self._cas = ("CAS",) if settings.cas else ()
         self._clients: list = []
         self._policy = retry_policy(settings)
@@ -163,15 +74,16 @@ class RedisVectorSetSink:
             self._clients.append(by_url[url])
         for url, client in by_url.items():
             self._call(url, lambda c=client, u=url: self._check_server(c, u), retry=True)
-        meta = {"model": self.model_id, "model_slug": self.model_slug, "dim": self.dim, "shards": self.index.shards,
-                "quantization": self.settings.quantization}
         client = self._clients[0]
         existing = self._call(self._url_of(0), lambda: client.hgetall(self.index.meta_key), retry=True)
         existing = {k.decode(): v.decode() for k, v in existing.items()}
-        for field in ("dim", "shards"):
-            if field in existing and existing[field] != str(meta[field]):
+        for field, mine in (("dim", self.dim), ("shards", self.index.shards)):
+            if field in existing and existing[field] != str(mine):
                 raise SinkError(f"vector set {self.index.base} was created with {field}={existing[field]}, but this "
-                                f"worker has {field}={meta[field]}; use a new redis.index (or --target) for a new layout")
+                                f"worker has {field}={mine}; use a new redis.index (or --target) for a new layout")
+        self.index = VectorSetIndex.from_meta(self.settings, self.settings.index or self.model_slug, existing)
+        meta = {"model": self.model_id, "model_slug": self.model_slug, "dim": self.dim, "shards": self.index.shards,
+                "quantization": self.settings.quantization, "key_layout": self.index.layout}
         self._call(self._url_of(0), lambda: client.hset(self.index.meta_key, mapping={k: str(v) for k, v in meta.items()}),
                    retry=True)
 
@@ -322,42 +234,3 @@ class RedisVectorSetSink:
                 client.close()
             except redis.RedisError:
                 pass
-
-
-def resp(args: tuple) -> bytes:
-    """One command in the Redis protocol (RESP): what redis-py's packer makes, without its
-    per-argument Python overhead (the sink sends thousands of VADDs per second)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b"%d" % arg
-        elif isinstance(arg, float):
-            arg = repr(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(parts)
-
-
-def send_pipelined(client: redis.Redis, commands: list[tuple]) -> list:
-    """Send `commands` in one write on one pooled connection (a pipeline without MULTI) and
-    return one reply or ResponseError per command. Connection errors propagate after the
-    connection is dropped (the caller retries the whole batch: VADD and VREM are idempotent)."""
-    if not commands:
-        return []
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([b"".join(resp(c) for c in commands)])
-        replies = []
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)

@@ -1,0 +1,97 @@
+"""The names of an index's Redis keys, shared by the sink, search, status and backfill.
+
+An index is the vector set `{prefix}:{index}` (index: `redis.index`, `--target` or the model
+slug) and its metadata hash `{prefix}:{index}:meta`. With S > 1 shards, a stable hash of the
+document id picks one of S keys, so that several Redis processes or Redis Cluster masters share
+the inserts (one vector set takes only a few thousand VADD/s). Two key layouts:
+
+- "plain": shard i is `{prefix}:{index}:{i}`, on `redis.shard_urls[i % n]` (or the one server).
+- "slots", for Redis Cluster: shard i is `{prefix}:{index}:{<i>-<k>}`, whose hash tag `<i>-<k>`
+  (k the first that fits) puts the key in the middle of the i-th of S equal slot ranges. A
+  cluster's masters hold equal slot ranges unless someone resharded by hand (`redis-cli
+  --cluster create` and infra/local/redis_cluster.py make them so), so S shards land S/M on each
+  of M masters, where plain names land wherever their hashes fall (6 shards on 3 masters went
+  3/2/1). The names depend on S only, never on the cluster's current map.
+
+The layout is recorded in the meta hash (`key_layout`) when a sink first writes an index, and
+read from there by everyone else, so an index keeps its names: indexes written before the
+"slots" layout existed (no `key_layout`) stay "plain".
+"""
+
+from __future__ import annotations
+
+import zlib
+from functools import cache, cached_property
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from workers.settings import RedisSettings
+
+LAYOUTS = ("plain", "slots")
+
+
+class VectorSetIndex:
+    def __init__(self, key_prefix: str, index: str, shards: int, layout: str = "plain"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown key layout {layout!r} (one of {', '.join(LAYOUTS)})")
+        self.base = f"{key_prefix}:{index}"
+        self.shards = shards
+        self.layout = layout
+        self.meta_key = f"{self.base}:meta"
+
+    @classmethod
+    def new(cls, settings: RedisSettings, index: str) -> VectorSetIndex:
+        """The layout a new index gets: spread over the slots on a Redis Cluster, else plain."""
+        layout = "slots" if settings.cluster and settings.shards > 1 else "plain"
+        return cls(settings.key_prefix, index, settings.shards, layout)
+
+    @classmethod
+    def from_meta(cls, settings: RedisSettings, index: str, meta: dict) -> VectorSetIndex:
+        """The index as its meta hash (decoded; empty when the index is new) describes it."""
+        if not meta:
+            return cls.new(settings, index)
+        return cls(settings.key_prefix, index, int(meta.get("shards", settings.shards)), meta.get("key_layout", "plain"))
+
+    @classmethod
+    def stored(cls, client, settings: RedisSettings, index: str) -> VectorSetIndex:
+        """Read `index`'s meta hash through `client` (one HGETALL; RedisError propagates)."""
+        raw = client.hgetall(f"{settings.key_prefix}:{index}:meta")
+        return cls.from_meta(settings, index, {_text(k): _text(v) for k, v in raw.items()})
+
+    @cached_property
+    def _keys(self) -> list[str]:
+        if self.shards == 1:
+            return [self.base]
+        if self.layout == "plain":
+            return [f"{self.base}:{i}" for i in range(self.shards)]
+        return [f"{self.base}:{{{slot_tag(i, self.shards)}}}" for i in range(self.shards)]
+
+    def shard_keys(self) -> list[str]:
+        return list(self._keys)
+
+    def shard_of(self, doc_id: str) -> int:
+        return zlib.crc32(doc_id.encode("utf-8")) % self.shards
+
+    def key_for(self, doc_id: str) -> str:
+        return self._keys[self.shard_of(doc_id)]
+
+    @staticmethod
+    def element(doc_id: str, chunk: int, chunked: bool) -> str:
+        return f"{doc_id}#{chunk}" if chunked else doc_id
+
+
+@cache
+def slot_tag(shard: int, shards: int) -> str:
+    """The hash tag `<shard>-<k>` with the smallest k whose slot lies in the middle half of the
+    shard's equal share of the 16384 slots (the middle: clear of the ranges' edges)."""
+    width = REDIS_CLUSTER_HASH_SLOTS / shards
+    low = int(shard * width + width / 4)
+    high = max(low + 1, int(shard * width + 3 * width / 4))
+    k = 0
+    while not low <= key_slot(f"{shard}-{k}".encode()) < high:
+        k += 1
+    return f"{shard}-{k}"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
