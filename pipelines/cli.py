@@ -19,7 +19,7 @@ import traceback
 
 import redis
 from kafka.errors import KafkaError
-from rich.console import Console, Group
+from rich.console import Console
 
 from pipelines.config import ConfigError, EmbedworkerSettings, load_settings
 from pipelines.tables import eval_table, print_status, search_table, summary_table
@@ -101,37 +101,14 @@ def cmd_status(args) -> int:
     except ModelNotFoundError:
         pass  # status reports on the services; the configured name still names the index
     if args.watch:
-        return watch_status(settings, args)
+        from pipelines.tables import watch_status
+
+        return watch_status(settings, console, args.interval, args.count, actors=not args.no_actors)
     report = collect_status(settings, window_s=args.window, actors=not args.no_actors)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=1, default=str))
     else:
         print_status(report, console)
-    return 3 if report["problems"] else 0
-
-
-def watch_status(settings: EmbedworkerSettings, args) -> int:
-    """`status --watch`: the report refreshed in place every --interval seconds (each refresh
-    reads the offsets twice that far apart, so rates and lag growth stay current) until Ctrl-C;
-    exits with the last report's code."""
-    from rich.live import Live
-    from rich.text import Text
-
-    from pipelines.status import collect_status
-    from pipelines.tables import status_view
-
-    header = Text(f"embedworker status --watch, every {args.interval:g} s (Ctrl-C to leave)", style="dim")
-    report = collect_status(settings, window_s=0, actors=not args.no_actors)
-    refreshes = 0
-    try:
-        with Live(Group(header, status_view(report)), console=console, auto_refresh=False) as live:
-            while not args.count or refreshes < args.count:
-                report = collect_status(settings, window_s=args.interval, actors=not args.no_actors)
-                live.update(Group(Text(f"{header.plain} — {report['time']}", style="dim"), status_view(report)),
-                            refresh=True)
-                refreshes += 1
-    except KeyboardInterrupt:
-        pass
     return 3 if report["problems"] else 0
 
 

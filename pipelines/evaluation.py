@@ -32,9 +32,9 @@ from pipelines.search import Searcher
 from workers.encoder import Encoder
 from workers.kafka_clients import new_admin
 from workers.model_files import model_slug
+from workers.parquet_files import open_filesystem
 from workers.redis_client import connect
 from workers.sinks.base import SinkRecord
-from workers.sinks.parquet import open_filesystem
 from workers.sinks.redis_vset import RedisVectorSetSink
 
 

@@ -133,3 +133,26 @@ def _input_state(r: dict) -> str:
     if r.get("stalled_s"):
         return f"paused: sink write running {r['stalled_s']} s"
     return "paused" if r.get("paused") else "reading"
+
+
+def watch_status(settings, console: Console, interval: float, count: int = 0, actors: bool = True) -> int:
+    """`status --watch`: the report refreshed in place every `interval` seconds (each refresh
+    reads the offsets that far apart, so rates and lag growth stay current) until Ctrl-C or
+    `count` refreshes; returns the last report's exit code."""
+    from rich.live import Live
+
+    from pipelines.status import collect_status
+
+    header = Text(f"embedworker status --watch, every {interval:g} s (Ctrl-C to leave)", style="dim")
+    report = collect_status(settings, window_s=0, actors=actors)
+    refreshes = 0
+    try:
+        with Live(Group(header, status_view(report)), console=console, auto_refresh=False) as live:
+            while not count or refreshes < count:
+                report = collect_status(settings, window_s=interval, actors=actors)
+                live.update(Group(Text(f"{header.plain} — {report['time']}", style="dim"), status_view(report)),
+                            refresh=True)
+                refreshes += 1
+    except KeyboardInterrupt:
+        pass
+    return 3 if report["problems"] else 0

@@ -44,7 +44,7 @@ def lag_samples(samples: dict) -> list[float]:
 
 
 def test_metrics_are_scraped_and_status_reports_group_replicas_and_lag(
-        ray_cluster, kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique):
+        ray_cluster, kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique, capsys):
     port = free_port()
     settings = make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique,
                              workers={"replicas": 1, "num_gpus": 0, "num_cpus": 0.5, "metrics_port": port})
@@ -103,3 +103,8 @@ def test_metrics_are_scraped_and_status_reports_group_replicas_and_lag(
     config = tmp_path / "status.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     assert main(["status", "-c", str(config), "--window", "0", "--no-actors", "--json"]) == 3
+    # `status --watch` refreshes the same report in place and exits with the last one's code.
+    capsys.readouterr()
+    assert main(["status", "-c", str(config), "--no-actors", "--watch", "--interval", "0.3", "--count", "2"]) == 3
+    shown = capsys.readouterr().out
+    assert "status --watch, every 0.3 s" in shown and "unhealthy: 0 of 1 replica(s)" in shown

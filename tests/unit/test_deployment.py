@@ -92,6 +92,13 @@ def test_config_map_and_secret_are_wired_and_the_config_validates(tmp_path, monk
     group = cluster["spec"]["workerGroupSpecs"][0]
     assert settings.workers.num_gpus == 1 and settings.workers.replicas <= group["maxReplicas"]
     assert "password" not in config_map["data"]["config.yaml"].lower()
+    # The deployment has the durability the local cluster rehearses (configs/cluster.yaml).
+    rehearsed = load_settings(REPO / "configs" / "cluster.yaml")
+    for section, keys in {"kafka": ["replication_factor", "min_insync_replicas"],
+                          "redis": ["cluster", "wait_replicas", "wait_timeout_s", "quantization"]}.items():
+        for key in keys:
+            assert getattr(getattr(settings, section), key) == getattr(getattr(rehearsed, section), key), (section, key)
+    assert settings.redis.shards % 3 == 0 and rehearsed.redis.shards % 3 == 0  # whole shards per master
 
 
 @pytest.mark.parametrize("name, command", [("embedworker-stream", "run"), ("embedworker-backfill", "backfill")])
