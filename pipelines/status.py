@@ -139,8 +139,7 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
             placement[server] = placement.get(server, 0) + 1
             keys.append({"key": key, "vectors": int(client.execute_command("VCARD", key) or 0),
                          "server": server + detail})
-        meta = {k.decode(): v.decode() for k, v in first.hgetall(index.meta_key).items()}
-        return {"index": index.base, "alias": alias.decode() if alias else None, "meta": meta, "keys": keys,
+        return {"index": index.base, "alias": alias.decode() if alias else None, "meta": index.meta, "keys": keys,
                 "layout": index.layout, "placement": placement, "total_vectors": sum(k["vectors"] for k in keys)}
     except RedisError as exc:
         return {"error": str(explain_redis_error(exc, urls[0], r) or f"Redis: {exc}")}

@@ -23,6 +23,11 @@ class SinkError(EmbedworkerError):
     """A sink failed in a way that retrying will not fix (bad credentials, wrong dimension)."""
 
 
+class IndexLayoutError(SinkError, ValueError):
+    """An index's meta hash names a key layout this version does not know (written by a newer
+    one): its keys cannot be named, so nothing reads or writes it."""
+
+
 class SinkBackpressureError(EmbedworkerError):
     """A sink cannot take more data right now (service down, disk full, folder unwritable).
     Nothing handed to it since its last durable point is lost; the caller keeps the records,

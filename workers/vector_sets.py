@@ -25,6 +25,7 @@ from functools import cache, cached_property
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from workers.errors import IndexLayoutError
 from workers.settings import RedisSettings
 
 LAYOUTS = ("plain", "slots")
@@ -33,11 +34,13 @@ LAYOUTS = ("plain", "slots")
 class VectorSetIndex:
     def __init__(self, key_prefix: str, index: str, shards: int, layout: str = "plain"):
         if layout not in LAYOUTS:
-            raise ValueError(f"unknown key layout {layout!r} (one of {', '.join(LAYOUTS)})")
+            raise IndexLayoutError(f"index {key_prefix}:{index} has the unknown key layout {layout!r} (this version "
+                                   f"knows {', '.join(LAYOUTS)}): was it written by a newer embedworker?")
         self.base = f"{key_prefix}:{index}"
         self.shards = shards
         self.layout = layout
         self.meta_key = f"{self.base}:meta"
+        self.meta: dict[str, str] = {}  # the stored meta hash, decoded (from_meta, stored)
 
     @classmethod
     def new(cls, settings: RedisSettings, index: str) -> VectorSetIndex:
@@ -50,7 +53,9 @@ class VectorSetIndex:
         """The index as its meta hash (decoded; empty when the index is new) describes it."""
         if not meta:
             return cls.new(settings, index)
-        return cls(settings.key_prefix, index, int(meta.get("shards", settings.shards)), meta.get("key_layout", "plain"))
+        found = cls(settings.key_prefix, index, int(meta.get("shards", settings.shards)), meta.get("key_layout", "plain"))
+        found.meta = dict(meta)
+        return found
 
     @classmethod
     def stored(cls, client, settings: RedisSettings, index: str) -> VectorSetIndex:

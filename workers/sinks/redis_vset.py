@@ -75,13 +75,13 @@ class RedisVectorSetSink:
         for url, client in by_url.items():
             self._call(url, lambda c=client, u=url: self._check_server(c, u), retry=True)
         client = self._clients[0]
-        existing = self._call(self._url_of(0), lambda: client.hgetall(self.index.meta_key), retry=True)
-        existing = {k.decode(): v.decode() for k, v in existing.items()}
-        for field, mine in (("dim", self.dim), ("shards", self.index.shards)):
-            if field in existing and existing[field] != str(mine):
-                raise SinkError(f"vector set {self.index.base} was created with {field}={existing[field]}, but this "
+        name = self.settings.index or self.model_slug
+        stored = self._call(self._url_of(0), lambda: VectorSetIndex.stored(client, self.settings, name), retry=True)
+        for field, mine in (("dim", self.dim), ("shards", self.settings.shards)):
+            if field in stored.meta and stored.meta[field] != str(mine):
+                raise SinkError(f"vector set {stored.base} was created with {field}={stored.meta[field]}, but this "
                                 f"worker has {field}={mine}; use a new redis.index (or --target) for a new layout")
-        self.index = VectorSetIndex.from_meta(self.settings, self.settings.index or self.model_slug, existing)
+        self.index = stored
         meta = {"model": self.model_id, "model_slug": self.model_slug, "dim": self.dim, "shards": self.index.shards,
                 "quantization": self.settings.quantization, "key_layout": self.index.layout}
         self._call(self._url_of(0), lambda: client.hset(self.index.meta_key, mapping={k: str(v) for k, v in meta.items()}),
