@@ -1,7 +1,7 @@
 """Forms a Redis Cluster from running, empty cluster-mode nodes (infra/local/cluster.sh calls it):
 the first third of the ports become masters with equal slot ranges, each other node replicates one
-master; waits until every node reports `cluster_state:ok`. Idempotent: a cluster already formed
-on these ports is left alone.
+master; waits until every node reports `cluster_state:ok` and every replica has synced.
+Idempotent: a cluster already formed on these ports is left alone.
 
     python infra/local/redis_cluster.py 17000 17001 17002 17003 17004 17005   # 3 masters + 3 replicas
     python infra/local/redis_cluster.py --rejoin 17000 17000 ... 17005        # a restarted, empty node
@@ -30,6 +30,13 @@ def cluster_ok(c: redis.Redis) -> bool:
     return cluster_info(c).get("cluster_state") == "ok"
 
 
+def ready(c: redis.Redis) -> bool:
+    """The cluster is whole from this node, and if it is a replica, its sync is done (until then
+    WAIT on its master counts no replica: a sink with wait_replicas would see backpressure)."""
+    replication = c.info("replication")
+    return cluster_ok(c) and (replication.get("role") == "master" or replication.get("master_link_status") == "up")
+
+
 def form(ports: list[int], masters: int) -> None:
     clients = [node(p) for p in ports]
     if all(cluster_ok(c) for c in clients):
@@ -56,9 +63,9 @@ def form(ports: list[int], masters: int) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-    while not all(cluster_ok(c) for c in clients):
+    while not all(ready(c) for c in clients):
         if time.monotonic() > deadline:
-            raise SystemExit("redis cluster: not ok after 60 s")
+            raise SystemExit("redis cluster: not ok (or replicas not synced) after 60 s")
         time.sleep(0.2)
     assigned = int(cluster_info(clients[0])["cluster_slots_assigned"])
     if assigned != SLOTS:  # a node that held keys claimed their slots: not the layout asked for
@@ -92,9 +99,9 @@ def rejoin(port: int, ports: list[int]) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
-    while not cluster_ok(me):
+    while not ready(me):
         if time.monotonic() > deadline:
-            raise SystemExit(f"redis node {port}: not ok after 60 s")
+            raise SystemExit(f"redis node {port}: not an ok, synced replica after 60 s")
         time.sleep(0.2)
     print(f"redis node {port}: rejoined as a replica of {target}")
 
