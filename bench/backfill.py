@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def _encode_share(model_dir: str, device: str, texts: list[str], budget: int, threads: int | None,
                   ready, start, queue) -> None:
-    from workers.encoder import Encoder
+    from workers.encoding.encoder import Encoder
 
     enc = Encoder.load(model_dir, device=device, max_batch_tokens=budget, torch_threads=threads)
     enc.encode_documents(texts[:64])  # warm-up (CUDA context, kernels)
@@ -92,14 +92,14 @@ def main() -> None:
     ap.add_argument("--shared", default=None)
     args = ap.parse_args()
 
-    from encoder import _cpu_name, find_shared, load_docs
+    from encoder import _cpu_name
+    from mixes import docs, stand_in_tokenizer
 
     from workers.testing import make_random_model
 
-    shared = find_shared(args.shared)
-    texts = load_docs(shared, args.mix, args.n)
+    texts = docs(args.mix, args.n)
     model_dir = str(make_random_model(Path(tempfile.gettempdir()) / "embedworker-bench-koen-e5-tiny",
-                                      shape="koen-e5-tiny", tokenizer_json=shared / "tokenizer.json"))
+                                      shape="koen-e5-tiny", tokenizer_json=stand_in_tokenizer(args.shared)))
     res = {"bench": "backfill", "mode": args.mode, "mix": args.mix, "n": args.n, "date": time.strftime("%Y-%m-%d")}
     if args.mode == "ray":
         tmp = Path(tempfile.mkdtemp(prefix="embedworker-bench-backfill-"))

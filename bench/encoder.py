@@ -6,7 +6,8 @@
 Needs only torch, transformers, sentence-transformers and numpy (runs on a bare GPU box).
 Model: the KoEn-E5-Tiny shape with random weights (speed does not depend on the weights),
 around the stand-in tokenizer of the shared anchors (`--shared`, default ../shared/bench or
-bench/_shared). Documents: the anchors' own generator (news: mean ~358 tokens; short: ~64).
+bench/_shared; without them the project's own copy of the recipe, bench/mixes.py). Documents:
+the anchors' generator (bench/mixes.py; news: mean ~358 tokens; short: ~64).
 Prints one JSON object: docs/s and tokens/s for each run and the ratio to the baseline.
 """
 
@@ -22,23 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def find_shared(arg: str | None) -> Path:
-    for candidate in ([arg] if arg else []) + [str(ROOT.parent / "shared" / "bench"), str(ROOT / "bench" / "_shared")]:
-        if candidate and (Path(candidate) / "anchor_bench.py").is_file():
-            return Path(candidate)
-    raise SystemExit("the shared anchors (anchor_bench.py, tokenizer.json) were not found: pass --shared DIR")
-
-
-def load_docs(shared: Path, mix: str, n: int) -> list[str]:
-    """The anchors' document generator, with its 'passage: ' prefix removed (the encoders add it)."""
-    os.environ["MIX"] = mix
-    sys.path.insert(0, str(shared))
-    import anchor_bench
-
-    anchor_bench.MIX = mix
-    return [t[len("passage: "):] for t in anchor_bench.docs(n)]
 
 
 def sync(device: str) -> None:
@@ -76,9 +60,10 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
 
+    from mixes import docs, stand_in_tokenizer
     from sentence_transformers import SentenceTransformer
 
-    from workers.encoder import Encoder
+    from workers.encoding.encoder import Encoder
     from workers.testing import make_random_model
 
     gpu = args.device.startswith("cuda")
@@ -86,10 +71,9 @@ def main() -> None:
     reps = args.reps or (3 if gpu else 1)
     dtypes = (args.dtypes or ("fp16,bf16" if gpu else "fp32,int8")).split(",")
     budget = args.max_batch_tokens or (65536 if gpu else 16384)
-    shared = find_shared(args.shared)
-    texts = load_docs(shared, args.mix, n)
+    texts = docs(args.mix, n)
     model_dir = make_random_model(Path(tempfile.gettempdir()) / "embedworker-bench-koen-e5-tiny",
-                                  shape="koen-e5-tiny", tokenizer_json=shared / "tokenizer.json")
+                                  shape="koen-e5-tiny", tokenizer_json=stand_in_tokenizer(args.shared))
 
     res: dict = {"bench": "encoder", "mix": args.mix, "n": n, "device": args.device,
                  "device_name": torch.cuda.get_device_name(0) if gpu else _cpu_name(),

@@ -139,7 +139,7 @@ def stage_of(name: str) -> str:
 
 def tokenize_alone(model_dir: Path, texts: list[str]) -> float:
     """CPU seconds of one thread tokenizing `texts` as the worker does (prefix, truncation)."""
-    from workers.encoder import Encoder
+    from workers.encoding.encoder import Encoder
 
     enc = Encoder.load(str(model_dir), device="cpu", tokenizer_threads=1)
     window = 4096
@@ -169,7 +169,9 @@ def main() -> None:
     args = ap.parse_args()
     n = args.n or (20_000 if args.mix == "short" else 6_000)
 
-    from encoder import _cpu_name, find_shared, load_docs
+    from encoder import _cpu_name
+    from mixes import docs as mix_docs
+    from mixes import stand_in_tokenizer
     from stream import CommitWatcher, cleanup, produce, settings_for
 
     from pipelines.stream import StreamSupervisor
@@ -177,11 +179,10 @@ def main() -> None:
     from workers.testing import make_random_model
 
     logs.configure("WARNING")
-    shared = find_shared(args.shared)
-    tokenizer_json = Path(args.tokenizer) if args.tokenizer else shared / "tokenizer.json"
+    tokenizer_json = Path(args.tokenizer) if args.tokenizer else stand_in_tokenizer(args.shared)
     model_dir = make_random_model(Path(tempfile.gettempdir()) / f"embedworker-hostpath-{abs(hash(str(tokenizer_json)))}",
                                   shape="zero-layer", tokenizer_json=tokenizer_json)
-    texts = load_docs(shared, args.mix, n)
+    texts = mix_docs(args.mix, n)
     docs = [{"id": f"h{i}", "text": t, "lang": "ko", "source": "bench"} for i, t in enumerate(texts)]
     tok_cpu = tokenize_alone(model_dir, texts)
 

@@ -116,7 +116,7 @@ def run_set(name, base, queries, args, layouts) -> list[dict]:
 
 def eval_set_vectors(model: str) -> tuple[np.ndarray, np.ndarray]:
     from pipelines.eval_data import EvalSet
-    from workers.encoder import Encoder
+    from workers.encoding.encoder import Encoder
 
     data = EvalSet.load()
     encoder = Encoder.load(model, document_prefix="", query_prefix="")

@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 def run(n: int, batch: int, wait: int, vectors: np.ndarray, tag: str, layout: str = "slots") -> float:
-    from workers.redis_client import connect
     from workers.settings import RedisSettings
     from workers.sinks.base import SinkRecord
+    from workers.sinks.redis_client import connect
     from workers.sinks.redis_vset import RedisVectorSetSink
 
     settings = RedisSettings(url="redis://127.0.0.1:17000/0", cluster=True, shards=6, key_prefix=f"benchwait{tag}",

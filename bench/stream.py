@@ -79,7 +79,7 @@ def cleanup(settings) -> None:
 
     from kafka import KafkaAdminClient
 
-    from workers.redis_client import connect
+    from workers.sinks.redis_client import connect
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
@@ -95,7 +95,7 @@ def cleanup(settings) -> None:
 
 def throughput(model: str, texts: list[str], tmp: Path, batch_tokens: int) -> dict:
     from pipelines.stream import StreamSupervisor
-    from workers.encoder import Encoder
+    from workers.encoding.encoder import Encoder
 
     enc = Encoder.load(model, document_prefix="passage: ", max_batch_tokens=batch_tokens)
     enc.encode_documents(texts[:16])
@@ -131,8 +131,8 @@ def latency(model: str, rate: float, seconds: float, tmp: Path) -> dict:
 
     from pipelines.produce import ensure_topic
     from pipelines.stream import StreamSupervisor
-    from workers.redis_client import connect
-    from workers.vector_sets import VectorSetIndex
+    from workers.sinks.redis_client import connect
+    from workers.sinks.vector_sets import VectorSetIndex
 
     tag = uuid.uuid4().hex[:8]
     settings = settings_for(model, tmp, tag, batching={"max_wait_ms": 10})
@@ -140,7 +140,7 @@ def latency(model: str, rate: float, seconds: float, tmp: Path) -> dict:
     supervisor = StreamSupervisor(settings)
     supervisor.start()
     client = connect(settings.redis, settings.redis.url)
-    from workers.model_files import model_slug
+    from workers.settings import model_slug
 
     key = VectorSetIndex(settings.redis.key_prefix, model_slug(model), 1).base
     sent: dict[str, float] = {}
@@ -206,20 +206,20 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write the JSON here (bench/plots.py reads bench/results/)")
     args = ap.parse_args()
 
-    from encoder import _cpu_name, find_shared, load_docs
+    from encoder import _cpu_name
+    from mixes import docs, stand_in_tokenizer
 
     from workers import logs
     from workers.testing import make_random_model
 
     logs.configure("WARNING")
     tmp = Path(tempfile.mkdtemp(prefix="embedworker-bench-"))
-    shared = find_shared(args.shared)
     model = args.model or str(make_random_model(Path(tempfile.gettempdir()) / "embedworker-bench-koen-e5-tiny",
-                                                shape="koen-e5-tiny", tokenizer_json=shared / "tokenizer.json"))
+                                                shape="koen-e5-tiny", tokenizer_json=stand_in_tokenizer(args.shared)))
     res = {"bench": "stream", "machine": _cpu_name(), "date": time.strftime("%Y-%m-%d"), "model": args.model or
            "koen-e5-tiny shape (random)", "mix": args.mix, "n": args.n}
     if not args.skip_throughput:
-        res.update(throughput(model, load_docs(shared, args.mix, args.n), tmp, args.max_batch_tokens))
+        res.update(throughput(model, docs(args.mix, args.n), tmp, args.max_batch_tokens))
         print(json.dumps(res), flush=True)
     if not args.skip_latency:
         tiny = str(make_random_model(Path(tempfile.gettempdir()) / "embedworker-bench-tiny"))

@@ -30,10 +30,10 @@ from pipelines.search import alias_key
 from pipelines.stream import StreamSupervisor, init_ray
 from workers.backfill_units import Unit, UnitEmbedder, plan_units, write_json_atomic
 from workers.errors import EmbedworkerError
-from workers.kafka_clients import kafka_error_message, new_consumer
-from workers.redis_client import check_reachable, connect
+from workers.kafka.clients import kafka_error_message, new_consumer
 from workers.settings import RedisSettings
-from workers.vector_sets import VectorSetIndex
+from workers.sinks.redis_client import check_reachable, connect
+from workers.sinks.vector_sets import VectorSetIndex
 
 
 class BackfillError(EmbedworkerError):

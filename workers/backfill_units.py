@@ -21,10 +21,16 @@ import pyarrow.parquet as pq
 
 from workers.documents import Document, DocumentLimits, RecordOrigin, Rejection, parse_record
 from workers.encode_stage import sink_records
-from workers.encoder import Encoder
+from workers.encoding.encoder import Encoder
 from workers.errors import SinkBackpressureError
-from workers.model_files import model_slug
-from workers.settings import BatchingSettings, DocumentSettings, ModelSettings, ParquetSettings, RedisSettings
+from workers.settings import (
+    BatchingSettings,
+    DocumentSettings,
+    ModelSettings,
+    ParquetSettings,
+    RedisSettings,
+    model_slug,
+)
 from workers.sinks.parquet import ParquetSink
 from workers.sinks.redis_vset import RedisVectorSetSink
 

@@ -137,24 +137,20 @@ def _fast_loads(value: bytes) -> Any:
 
 def _pairs_and_colons(v: Any) -> tuple[int, int]:
     """(key-value pairs, colons inside keys and strings) of a value orjson parsed (exact dict,
-    list and str types). Strings are counted in place, not by a call: the usual document is one
-    flat object of strings and numbers."""
-    if type(v) is str:
-        return 0, v.count(":")
+    list and str types), in one breadth-first walk: containers append their members to the list
+    being walked, so flat and nested values take the same path."""
     pairs = colons = 0
-    if type(v) is dict:
-        pairs = len(v)
-        for k, x in v.items():
-            colons += k.count(":")
-            if type(x) is str:
-                colons += x.count(":")
-            elif type(x) is dict or type(x) is list:
-                p, c = _pairs_and_colons(x)
-                pairs, colons = pairs + p, colons + c
-    elif type(v) is list:
-        for x in v:
-            p, c = _pairs_and_colons(x)
-            pairs, colons = pairs + p, colons + c
+    pending = [v]
+    for x in pending:
+        if type(x) is str:
+            colons += x.count(":")
+        elif type(x) is dict:
+            pairs += len(x)
+            for k in x:
+                colons += k.count(":")
+            pending.extend(x.values())
+        elif type(x) is list:
+            pending.extend(x)
     return pairs, colons
 
 

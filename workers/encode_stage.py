@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from workers.documents import Document
-from workers.encoder import Encoder
+from workers.encoding.encoder import Encoder
 from workers.metrics import WorkerMetrics
 from workers.offsets import OffsetLedger
 from workers.sinks.base import SinkRecord

@@ -14,8 +14,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from workers.model_files import model_slug
-
 INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -234,3 +232,16 @@ class WorkersSettings(_Section):
     max_restarts: int = Field(-1, ge=-1)
     drain_timeout_s: float = Field(60, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)  # prometheus_client port of replica 0 (+index)
+
+
+def model_slug(name: str) -> str:
+    """A short lowercase name for keys and file metadata: the last path component of the
+    model id (`exp-models/dragonkue-KoEn-E5-Tiny` -> `dragonkue-koen-e5-tiny`); for a
+    package or a directory called `model`, the package or parent directory name."""
+    base = name[4:] if name.startswith("pkg:") else name.rstrip("/")
+    parts = [p for p in base.replace("\\", "/").split("/") if p]
+    last = parts[-1] if parts else "model"
+    if last.lower() in ("model", "models", "snapshot") and len(parts) > 1:
+        last = parts[-2]
+    slug = "".join(c if c.isalnum() else "-" for c in last.lower())
+    return "-".join(filter(None, slug.split("-"))) or "model"

@@ -38,14 +38,13 @@ from typing import Any
 import torch
 
 from workers import logs
-from workers.dead_letters import DeadLetterPublisher
 from workers.documents import DocumentLimits, RecordOrigin, Rejection, parse_record
 from workers.encode_stage import EncodeStage, sink_records
-from workers.encoder import Encoder
+from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError
-from workers.kafka_source import KafkaSource
+from workers.kafka.dead_letters import DeadLetterPublisher
+from workers.kafka.source import KafkaSource
 from workers.metrics import WorkerMetrics
-from workers.model_files import model_slug
 from workers.offsets import DELETE, DOC, REJECT, OffsetLedger
 from workers.settings import (
     BatchingSettings,
@@ -55,6 +54,7 @@ from workers.settings import (
     ParquetSettings,
     RedisSettings,
     WorkersSettings,
+    model_slug,
 )
 from workers.sink_stage import SinkStage
 from workers.sinks.base import Sink

@@ -8,7 +8,7 @@
 #     replicas with num_gpus 1 land one per node (compute stays on CPU: model.device cpu).
 #   infra/local/cluster.sh up|down|status
 #   infra/local/cluster.sh kafka-kill N | kafka-start N | redis-kill PORT | redis-start PORT |
-#     redis-pause PORT | redis-resume PORT | ray-node-stop | ray-node-start
+#     redis-pause PORT | redis-resume PORT | ray-node-stop | ray-node-start | ray-tmp
 # Kafka and Redis bind to 127.0.0.1 (Ray 2.60's GCS and raylets listen on every interface whatever
 # --node-ip-address says: its token is required). All lives under RUN_DIR/cluster; stopped by pid.
 # configs/cluster.yaml points at all of it.
@@ -20,6 +20,10 @@ REDIS_BASE="${CLUSTER_REDIS_PORT:-17000}"
 RAY_PORT="${CLUSTER_RAY_PORT:-16380}"
 CLUSTER_DIR="$RUN_DIR/cluster"
 export EMBEDWORKER_RUN_DIR="$CLUSTER_DIR"
+# Ray's session folder holds Unix sockets, whose paths may not exceed 107 bytes: it lives under the
+# system temp in a short folder of this checkout's own (named by a hash of CLUSTER_DIR), not under
+# the checkout, so a clone at any depth works.
+RAY_TMP="${CLUSTER_RAY_TMP:-${TMPDIR:-/tmp}/ew-ray-$(printf '%s' "$CLUSTER_DIR" | sha1sum | cut -c1-10)}"
 RAY="$(dirname "$PYTHON")/ray"
 VOTERS="1@127.0.0.1:$((KAFKA_BASE + 300)),2@127.0.0.1:$((KAFKA_BASE + 301)),3@127.0.0.1:$((KAFKA_BASE + 302))"
 
@@ -59,7 +63,7 @@ ray_node() {  # ray_node head|node start|stop|status: `ray start --block` in a s
                   --disable-usage-stats --min-worker-port 20000 --max-worker-port 20999
                   --object-store-memory "${CLUSTER_RAY_OBJECT_STORE:-500000000}")
       if [ "$which" = head ]; then
-        args+=(--head --port "$RAY_PORT" --include-dashboard false --temp-dir "$CLUSTER_DIR/ray-tmp")
+        args+=(--head --port "$RAY_PORT" --include-dashboard false --temp-dir "$RAY_TMP")
       else
         args+=(--address "127.0.0.1:$RAY_PORT")
       fi
@@ -108,6 +112,7 @@ up() {
 
 down() {
   ray_node node stop; ray_node head stop
+  rm -rf "$RAY_TMP"  # the sessions of the stopped head (logs of interest are in RUN_DIR/cluster/ray-*/ray.log)
   local p n
   for p in $(redis_ports); do redis_node "$p" stop; done
   for n in 3 2 1; do kafka_node "$n" stop; done
@@ -134,7 +139,8 @@ case "${1:-}" in
     pidfile="$CLUSTER_DIR/redis-$2/redis.pid"; kill "-$([ "$1" = redis-pause ] && echo STOP || echo CONT)" "$(cat "$pidfile")" ;;
   redis-start)  # a node killed before comes back empty and replicates the master that lacks a replica
     require_python; redis_node "$2" start; "$PYTHON" "$HERE/redis_cluster.py" --rejoin "$2" $(redis_ports) ;;
+  ray-tmp) echo "$RAY_TMP" ;;  # where Ray's session folder (and its sockets) goes
   ray-node-stop) ray_node node stop ;;
   ray-node-start) ray_node node start ;;
-  *) echo "usage: $0 up|down|status|kafka-kill N|kafka-start N|redis-kill PORT|redis-start PORT|redis-pause PORT|redis-resume PORT|ray-node-stop|ray-node-start" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kafka-kill N|kafka-start N|redis-kill PORT|redis-start PORT|redis-pause PORT|redis-resume PORT|ray-node-stop|ray-node-start|ray-tmp" >&2; exit 2 ;;
 esac

@@ -20,7 +20,7 @@ from pipelines.stream import StreamSupervisor
 from tests.cluster.conftest import REPO, cluster, master_of, promoted
 from tests.helpers import all_committed, committed_offsets, end_offsets, read_parquet, wait_until
 from tests.reliability.conftest import Stream, run_in_thread
-from workers.vector_sets import VectorSetIndex
+from workers.sinks.vector_sets import VectorSetIndex
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 

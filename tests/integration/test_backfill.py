@@ -19,8 +19,8 @@ import yaml
 from pipelines.backfill import BackfillJob, replay_topic
 from pipelines.search import Searcher
 from tests.helpers import committed_offsets, create_topic, doc, end_offsets, make_settings, produce, read_parquet
-from workers.encoder import Encoder
-from workers.vector_sets import VectorSetIndex
+from workers.encoding.encoder import Encoder
+from workers.sinks.vector_sets import VectorSetIndex
 
 pytestmark = pytest.mark.integration
 WORDS = ["서울", "경제", "금리", "반도체", "수출", "날씨", "태풍", "야구", "축구", "선거", "market", "chip", "rates", "storm", "election", "season"]

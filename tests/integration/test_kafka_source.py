@@ -6,7 +6,7 @@ import pytest
 from kafka.structs import MemberState
 
 from tests.helpers import committed_offsets, create_topic, doc, make_settings, produce, wait_until
-from workers.kafka_source import KafkaSource
+from workers.kafka.source import KafkaSource
 
 pytestmark = pytest.mark.integration
 

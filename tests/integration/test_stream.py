@@ -25,8 +25,8 @@ from tests.helpers import (
     wait_until,
 )
 from tests.hostile import bad_records
-from workers.encoder import Encoder
-from workers.vector_sets import VectorSetIndex
+from workers.encoding.encoder import Encoder
+from workers.sinks.vector_sets import VectorSetIndex
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.hostile import bad_records
-from workers.vector_sets import VectorSetIndex
+from workers.sinks.vector_sets import VectorSetIndex
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ["속보", "정부", "발표", "금리", "반도체", "수출", "날씨", "태풍", "야구", "선거", "breaking", "market", "rates", "storm", "chip", "election"]

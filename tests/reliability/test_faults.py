@@ -20,7 +20,7 @@ from pipelines.stream import StreamSupervisor
 from tests.helpers import WorkerThread, all_committed, committed_offsets, header, produce, read_dlq, read_parquet
 from tests.hostile import bad_records, tricky_valid_records
 from tests.reliability.conftest import REPO, Stream, run_in_thread, service, wait_until
-from workers.vector_sets import VectorSetIndex
+from workers.sinks.vector_sets import VectorSetIndex
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 

@@ -11,7 +11,7 @@ import redis
 from pipelines.status import collect_status
 from tests.helpers import WorkerThread, all_committed, create_topic, doc, produce, read_parquet, wait_until
 from workers.errors import SinkError, SourceError
-from workers.vector_sets import VectorSetIndex
+from workers.sinks.vector_sets import VectorSetIndex
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 SASL_BOOTSTRAP = "localhost:9094"           # the SASL_PLAINTEXT listener of infra/local/kafka.sh

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from workers.batching import TokenBudgetBatcher
+from workers.encoding.batching import TokenBudgetBatcher
 from workers.errors import EncoderConfigError
 
 

@@ -5,8 +5,8 @@ import logging
 
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-from workers.dead_letters import HEADER_ROOM, DeadLetterPublisher, dlq_headers, fit_headers
 from workers.documents import RecordOrigin, Rejection
+from workers.kafka.dead_letters import HEADER_ROOM, DeadLetterPublisher, dlq_headers, fit_headers
 from workers.settings import KafkaSettings
 
 

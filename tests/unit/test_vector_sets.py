@@ -8,7 +8,7 @@ import pytest
 from redis.crc import key_slot
 
 from workers.settings import RedisSettings
-from workers.vector_sets import VectorSetIndex
+from workers.sinks.vector_sets import VectorSetIndex
 
 SLOTS = 16384
 

@@ -31,7 +31,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from workers.errors import SinkBackpressureError, SinkError
-from workers.parquet_files import (
+from workers.settings import ParquetSettings
+from workers.sinks.base import TP, SinkRecord
+from workers.sinks.parquet_files import (
     DICTIONARY_COLUMNS,
     SCHEMA_VERSION,
     file_model,
@@ -42,8 +44,6 @@ from workers.parquet_files import (
     parquet_schema,
     records_table,
 )
-from workers.settings import ParquetSettings
-from workers.sinks.base import TP, SinkRecord
 
 
 @dataclass

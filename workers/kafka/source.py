@@ -23,7 +23,7 @@ from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, Rebal
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from workers.errors import SourceError
-from workers.kafka_clients import FATAL_KAFKA_ERRORS, kafka_error_message, new_consumer
+from workers.kafka.clients import FATAL_KAFKA_ERRORS, kafka_error_message, new_consumer
 from workers.settings import KafkaSettings
 
 TP = tuple[str, int]

@@ -23,7 +23,7 @@ from kafka.errors import KafkaError
 
 from workers.documents import Rejection
 from workers.errors import SourceError
-from workers.kafka_clients import kafka_error_message, new_producer
+from workers.kafka.clients import kafka_error_message, new_producer
 from workers.settings import KafkaSettings
 
 log = logging.getLogger("embedworker.dlq")

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from workers.batching import Batch, TokenBudgetBatcher
+from workers.encoding.batching import Batch, TokenBudgetBatcher
+from workers.encoding.model_files import ModelFiles, read_model_files
+from workers.encoding.tokenizing import TextTokenizer, TokenizedTexts, TokenizerProcesses
 from workers.errors import EncoderConfigError
-from workers.model_files import ModelFiles, read_model_files
-from workers.tokenizing import TextTokenizer, TokenizedTexts, TokenizerProcesses
 
 DEFAULT_MODEL = "exp-models/dragonkue-KoEn-E5-Tiny"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
@@ -72,7 +72,7 @@ class Encoder:
              torch_threads: int | None = None, tokenizer_processes: int = 0) -> Encoder:
         """Load a model by hub id, directory or `pkg:` name. `device`: None/"auto", "cpu",
         "cuda", "cuda:N"; `dtype`: None/"auto" (fp16 on CUDA, fp32 on CPU), "fp32", "fp16",
-        "bf16", or "int8" (CPU: smoothed dynamic quantization, see workers.quantization).
+        "bf16", or "int8" (CPU: smoothed dynamic quantization, see workers.encoding.quantization).
 
         Raises ModelNotFoundError (names what was tried), UnsupportedModelError, EncoderConfigError."""
         from transformers import AutoModel, AutoTokenizer
@@ -97,7 +97,7 @@ class Encoder:
                       max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                       tokenizer_threads=max(1, tokenizer_threads), tokenizer_processes=tokenizer_processes)
         if dt == "int8":
-            from workers.quantization import CALIBRATION_TEXTS, quantize_int8
+            from workers.encoding.quantization import CALIBRATION_TEXTS, quantize_int8
 
             encoder.model = quantize_int8(net, lambda: encoder.encode_documents(CALIBRATION_TEXTS))
         return encoder

