@@ -33,6 +33,7 @@ from workers.errors import EmbedworkerError
 from workers.kafka.clients import kafka_error_message, new_consumer
 from workers.settings import RedisSettings
 from workers.sinks.redis_client import check_reachable, connect
+from workers.sinks.redis_vset import check_identity
 from workers.sinks.vector_sets import VectorSetIndex
 
 
@@ -106,6 +107,7 @@ class BackfillJob:
         units, pending, job = self.plan()
         if self.settings.redis.enabled:
             check_reachable(self.settings.redis)  # else Ray Data retries the units for as long as Redis is away
+            self.check_index()
         done_before = self.done_units()
         if on_start:
             on_start(len(units), len(units) - len(pending), _totals(done_before.values()))
@@ -128,11 +130,39 @@ class BackfillJob:
                 if on_unit:
                     on_unit(row)
         if self.target:
+            self.check_complete(units)
             switch_alias(self.settings, self.target)
         summary = _totals(self.done_units().values())
         summary.update(job_id=self.job_id, units=len(units), state_dir=self.state_dir,
                        rejects_file=self.merge_rejects(), index=self.settings.redis.index_name(self.settings.model.name), alias_switched=bool(self.target))
         return summary
+
+    def check_index(self) -> None:
+        """Before any unit runs: the index written to must not be another model's (a unit's
+        actor would refuse it too, but inside Ray Data). Raises IndexMismatchError."""
+        r, m = self.settings.redis, self.settings.model
+        client = connect(r, r.url)
+        try:
+            stored = VectorSetIndex.stored(client, r, r.index_name(m.name))
+        finally:
+            client.close()
+        check_identity(stored, {"model": m.name, "document_prefix": m.document_prefix, "quantization": r.quantization,
+                                "shards": r.shards})
+
+    def check_complete(self, units: list[Unit]) -> None:
+        """Before the alias moves to the target: every unit has its done marker (written and
+        rejected records cover the input) and, when anything was embedded, the index holds
+        vectors. Raises BackfillError; the alias then stays where it was."""
+        done = self.done_units()
+        missing = [u.key for u in units if u.key not in done]
+        totals = _totals(done.values())
+        vectors = index_size(self.settings, self.target) if self.settings.redis.enabled and self.target else None
+        if missing or (vectors == 0 and totals["embedded"] > 0):
+            raise BackfillError(
+                f"backfill into index {self.target!r} fell short: {len(missing)} of {len(units)} units unfinished, "
+                f"{totals['embedded']} embedded, {totals['deleted']} deleted and {totals['rejected']} rejected of "
+                f"{totals['records']} records read, {vectors} vectors in the index; the search alias was not moved "
+                "(run the same backfill again: finished units are skipped)")
 
     def merge_rejects(self) -> str | None:
         """All units' rejects in one JSONL file (rebuilt from the per-unit files)."""

@@ -20,11 +20,12 @@ import traceback
 import redis
 from kafka.errors import KafkaError
 from rich.console import Console
+from rich.text import Text
 
 from pipelines.config import ConfigError, EmbedworkerSettings, load_settings
 from pipelines.tables import eval_table, print_status, search_table, summary_table
 from workers import logs
-from workers.errors import EmbedworkerError, ModelNotFoundError
+from workers.errors import EmbedworkerError, IndexMismatchError, ModelNotFoundError
 from workers.kafka.clients import kafka_error_message
 from workers.settings import redact_url
 
@@ -87,7 +88,7 @@ def cmd_search(args) -> int:
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
         return 0
-    console.print(search_table(args.query, hits, searcher.index.base, args.filter))
+    console.print(search_table(args.query, hits, searcher.index.base, args.filter, console.width))
     return 0
 
 
@@ -221,13 +222,17 @@ def cmd_model_prune(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedworker", description=__doc__.split("\n")[0])
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default: logging.level)")
+    level_help = "DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case (default: logging.level)"
+    parser.add_argument("--log-level", type=str.upper, choices=logs.LEVELS, default=None, metavar="LEVEL",
+                        help=level_help)
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name, fn, help_text, config_required=True):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("-c", "--config", required=config_required, default=None, help="YAML config file")
+        p.add_argument("--log-level", type=str.upper, choices=logs.LEVELS, default=argparse.SUPPRESS,
+                       metavar="LEVEL", help=level_help)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of a failure too")
         p.set_defaults(fn=fn)
         return p
@@ -294,15 +299,17 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "config"):
             _settings(args)  # first: ray.auth_mode must be in the environment before Ray loads
         return args.fn(args)
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+    except ConfigError as exc:  # printed as text (no markup), unwrapped: paths and keys stay whole
+        err_console.print(Text(str(exc), style="red"), soft_wrap=True)
         return 2
     except (EmbedworkerError, KafkaError, redis.RedisError, OSError) as exc:
         settings = getattr(args, "settings", None)
-        err_console.print(f"[red]error: {failure_sentence(exc, settings)}[/red]", highlight=False)
+        err_console.print(Text(f"error: {failure_sentence(exc, settings)}", style="red"), soft_wrap=True)
         level = args.log_level or (settings.logging.level if settings is not None else "")
         if args.debug or str(level).upper() == "DEBUG":
             err_console.print(traceback.format_exc(), highlight=False, markup=False)
+        if isinstance(exc, IndexMismatchError):  # a configuration problem: another model's index
+            return 2
         return 3 if args.command == "status" else 1
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workers.errors import EmbedworkerError
+from workers.logs import LogLevel
 from workers.settings import (
     BatchingSettings,
     DocumentSettings,
@@ -50,9 +51,14 @@ class RaySettings(BaseModel):
 
 class LoggingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    level: str = "INFO"
+    level: LogLevel = "INFO"        # DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case
     json_format: bool = False
     summary_interval_s: float = 10.0
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_case(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
 
 class EmbedworkerSettings(BaseSettings):

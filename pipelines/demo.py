@@ -83,7 +83,7 @@ def run_demo(settings: EmbedworkerSettings, console: Console) -> int:
     for query, filter_expr in (("반도체 수출이 늘었다", None), ("typhoon cancels flights", None),
                                ("interest rates", f'.lang == "ko" and .published_at >= {week_ago}')):
         hits = searcher.search(query, k=5, filter=filter_expr)
-        console.print(search_table(query, hits, searcher.index.base, filter_expr))
+        console.print(search_table(query, hits, searcher.index.base, filter_expr, console.width))
     console.print("Try: [bold].venv/bin/embedworker search -c configs/demo.yaml \"전기차 보조금\"[/bold]")
     console.print("Stop the local Kafka and Redis with [bold]make down[/bold] (they stay up for more tries).")
     return 0

@@ -9,18 +9,35 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+WIDE_COLUMNS = 120  # from this terminal width on, search results show the id and the URL too
 
-def search_table(query: str, hits, index: str, filter_expr: str | None = None) -> Table:
+
+def search_table(query: str, hits, index: str, filter_expr: str | None = None, width: int = 80) -> Table:
+    """One row a hit: rank, score, title and date, each on one line (a long title is cut with an
+    ellipsis); on a terminal of WIDE_COLUMNS or more also the id and the URL. Everything is in
+    `search --json`."""
+    wide = width >= WIDE_COLUMNS
     title = f"{query!r} in {index}" + (f" where {filter_expr}" if filter_expr else "")
     table = Table(title=title, show_lines=False)
-    for col, style in (("#", "dim"), ("score", "cyan"), ("id", ""), ("title", "bold"), ("url", "blue"),
-                       ("published_at", "")):
-        table.add_column(col, style=style or None, overflow="fold")
+    # the widths are set here: rich's own shrinking squeezes the short columns to nothing first
+    fixed = {"#": len(str(max(1, len(hits)))), "score": 6, "id": 24 if wide else 0, "published": 16 if wide else 10}
+    columns = 6 if wide else 4
+    free = max(20, width - 3 * columns - 1 - sum(fixed.values()))
+    url_width = free * 2 // 5 if wide else 0
+    table.add_column("#", style="dim", no_wrap=True, width=fixed["#"])
+    table.add_column("score", style="cyan", no_wrap=True, width=fixed["score"])
+    if wide:
+        table.add_column("id", overflow="ellipsis", no_wrap=True, width=fixed["id"])
+    table.add_column("title", style="bold", overflow="ellipsis", no_wrap=True, width=free - url_width)
+    if wide:
+        table.add_column("url", style="blue", overflow="ellipsis", no_wrap=True, width=url_width)
+    table.add_column("published", no_wrap=True, width=fixed["published"])
     for i, h in enumerate(hits, 1):
-        published = (datetime.fromtimestamp(h.published_at, UTC).strftime("%Y-%m-%d %H:%M")
+        published = (datetime.fromtimestamp(h.published_at, UTC).strftime("%Y-%m-%d %H:%M" if wide else "%Y-%m-%d")
                      if isinstance(h.published_at, (int, float)) else "")
-        table.add_row(str(i), f"{h.score:.4f}", h.id + (f"#{h.chunk}" if h.chunk else ""), h.title or "",
-                      h.url or "", published)
+        doc = h.id + (f"#{h.chunk}" if h.chunk else "")
+        row = [str(i), f"{h.score:.4f}"] + ([doc] if wide else []) + [h.title or (doc if not wide else "")]
+        table.add_row(*row, *([h.url or ""] if wide else []), published)
     return table
 
 

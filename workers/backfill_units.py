@@ -135,7 +135,8 @@ class UnitEmbedder:
         self.encoder = Encoder.from_settings(m, self.batching)
         self.redis = None
         if self.redis_settings.enabled:
-            self.redis = RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim)
+            self.redis = RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim,
+                                            m.document_prefix)
             self.redis.setup()
         self.parquet = None
         if self.parquet_settings.enabled:

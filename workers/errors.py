@@ -28,6 +28,12 @@ class IndexLayoutError(SinkError, ValueError):
     one): its keys cannot be named, so nothing reads or writes it."""
 
 
+class IndexMismatchError(SinkError):
+    """The index named (by `redis.index` or `--target`) was built by another model, prefix,
+    quantization, dimension or shard count: writing into it would mix vectors that cannot be
+    compared. A configuration problem: the command exits 2 naming both sides."""
+
+
 class SinkBackpressureError(EmbedworkerError):
     """A sink cannot take more data right now (service down, disk full, folder unwritable).
     Nothing handed to it since its last durable point is lost; the caller keeps the records,

@@ -11,6 +11,11 @@ import logging
 import os
 import sys
 import time
+from typing import Literal, get_args
+
+# The level names accepted by `logging.level` and `--log-level` (any case; stored upper case).
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 _SECRETS: set[str] = set()
 
@@ -21,15 +26,36 @@ def register_secret(value: str | None) -> None:
         _SECRETS.add(value)
 
 
+def _mask(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a library's bad format arguments: logging reports those itself
+        return
+    if any(s in message for s in _SECRETS):
+        for s in _SECRETS:
+            message = message.replace(s, "***")
+        record.msg, record.args = message, None
+
+
 class SecretFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if _SECRETS:
-            message = record.getMessage()
-            if any(s in message for s in _SECRETS):
-                for s in _SECRETS:
-                    message = message.replace(s, "***")
-                record.msg, record.args = message, None
+            _mask(record)
         return True
+
+
+def _masking_record_factory(base):
+    """Wrap logging's record factory so every record of every logger (kafka.conn, redis, ray …)
+    is masked when it is made, whichever handler prints it later: a logger's own filter does not
+    see what its children propagate."""
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        if _SECRETS:
+            _mask(record)
+        return record
+
+    factory.masks_secrets = True  # type: ignore[attr-defined]
+    return factory
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,6 +73,11 @@ def configure(level: str | None = None, json_format: bool | None = None) -> None
     """Configure the 'embedworker' loggers once per process (level and format also from the
     environment: EMBEDWORKER_LOG_LEVEL, EMBEDWORKER_LOG_JSON=1, which actors inherit)."""
     level = (level or os.environ.get("EMBEDWORKER_LOG_LEVEL") or "INFO").upper()
+    unknown = level not in LEVELS
+    if unknown:  # the settings validate logging.level; this is a hand-set environment variable
+        level = "INFO"
+    if not getattr(logging.getLogRecordFactory(), "masks_secrets", False):
+        logging.setLogRecordFactory(_masking_record_factory(logging.getLogRecordFactory()))
     if json_format is None:
         json_format = os.environ.get("EMBEDWORKER_LOG_JSON", "0") in ("1", "true", "True")
     os.environ["EMBEDWORKER_LOG_LEVEL"], os.environ["EMBEDWORKER_LOG_JSON"] = level, "1" if json_format else "0"
@@ -62,4 +93,5 @@ def configure(level: str | None = None, json_format: bool | None = None) -> None
     logger.propagate = False
     for noisy in ("kafka", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-        logging.getLogger(noisy).addFilter(SecretFilter())
+    if unknown:
+        logger.warning("EMBEDWORKER_LOG_LEVEL is not one of %s: logging at INFO", ", ".join(LEVELS))

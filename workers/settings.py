@@ -1,8 +1,10 @@
-"""Settings of each part, as plain validated data (pydantic models, picklable, no I/O).
+"""Settings of each part, as plain validated data (pydantic models, picklable; the only I/O:
+validation checks that each `*_file` secret is readable).
 
 `pipelines.config` composes them into the file/environment-loaded configuration; the worker
 receives them as constructor arguments. Secrets are `SecretStr` (never printed) and may come
-from files (`*_file`), read only when a connection opens.
+from files (`*_file`), read only when a connection opens; every secret read is registered with
+the log filter (`workers.logs`), so no log line shows it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from workers import logs
+from workers.errors import EmbedworkerError
 
 INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -21,13 +27,46 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
-    """The secret's text, from the value or from the file (first line, stripped)."""
+class SecretFileError(EmbedworkerError):
+    """A `*_file` secret could not be read when a connection opened (gone, unreadable, empty)."""
+
+
+def read_secret(value: SecretStr | None, file: Path | None, key: str = "secret file") -> str | None:
+    """The secret's text, from the value or from the file (first line, stripped), registered
+    with the log filter. SecretFileError naming `key` when the file cannot serve."""
     if value is not None:
-        return value.get_secret_value()
-    if file is not None:
-        return Path(file).read_text(encoding="utf-8").splitlines()[0].strip()
-    return None
+        secret = value.get_secret_value()
+    elif file is not None:
+        secret, problem = _first_line(file)
+        if problem is not None:
+            raise SecretFileError(f"{key}: {problem}")
+    else:
+        return None
+    logs.register_secret(secret)
+    return secret
+
+
+def _first_line(file: Path) -> tuple[str, str | None]:
+    """(the file's first line stripped, None), or ("", why it cannot hold a secret)."""
+    try:
+        lines = Path(file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return "", f"cannot read {file} ({getattr(exc, 'strerror', None) or exc})"
+    secret = lines[0].strip() if lines else ""
+    return secret, None if secret else f"{file} is empty (the secret is its first line)"
+
+
+def check_secret_file(file: Path | None, info: ValidationInfo, value_key: str) -> Path | None:
+    """For the validators of `*_file` keys: not together with `value_key`, and readable."""
+    if file is None:
+        return None
+    if info.data.get(value_key) is not None:
+        raise PydanticCustomError("secret_twice", "set {value_key} or {file_key}, not both",
+                                  {"value_key": value_key, "file_key": info.field_name})
+    _, problem = _first_line(file)
+    if problem is not None:
+        raise PydanticCustomError("secret_file", "{problem}", {"problem": problem})
+    return file
 
 
 def redact_url(url: str) -> str:
@@ -49,8 +88,14 @@ class KafkaSecurity(_Section):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None
+    ssl_password: SecretStr | None = None      # of ssl_keyfile
+    ssl_password_file: Path | None = None
     ssl_check_hostname: bool = True
+
+    @field_validator("sasl_password_file", "ssl_password_file")
+    @classmethod
+    def _secret_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return check_secret_file(v, info, str(info.field_name).removesuffix("_file"))
 
     @model_validator(mode="after")
     def _sasl_complete(self):
@@ -66,14 +111,16 @@ class KafkaSecurity(_Section):
         opts: dict = {"security_protocol": self.protocol}
         if self.protocol.startswith("SASL"):
             opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                        sasl_plain_password=read_secret(self.sasl_password, self.sasl_password_file))
+                        sasl_plain_password=read_secret(self.sasl_password, self.sasl_password_file,
+                                                        "kafka.security.sasl_password_file"))
         if self.protocol.endswith("SSL"):
             opts.update(ssl_check_hostname=self.ssl_check_hostname)
             for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
                 if getattr(self, name) is not None:
                     opts[name] = str(getattr(self, name))
-            if self.ssl_password is not None:
-                opts["ssl_password"] = self.ssl_password.get_secret_value()
+            ssl_password = read_secret(self.ssl_password, self.ssl_password_file, "kafka.security.ssl_password_file")
+            if ssl_password is not None:
+                opts["ssl_password"] = ssl_password
         return opts
 
 
@@ -186,6 +233,11 @@ class RedisSettings(_Section):
     ssl_ca_certs: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @field_validator("password_file")
+    @classmethod
+    def _secret_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return check_secret_file(v, info, "password")
 
     @field_validator("key_prefix")
     @classmethod

@@ -96,7 +96,8 @@ class EmbeddingWorker:
         self.ledger = OffsetLedger()
         sinks: list[Sink] = []
         if self.redis_settings.enabled:
-            sinks.append(RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim))
+            sinks.append(RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim,
+                                             m.document_prefix))
         if self.parquet_settings.enabled:
             sinks.append(ParquetSink(self.parquet_settings, self.redis_settings.index_name(m.name), m.name,
                                      self.encoder.revision, self.encoder.dim, m.document_prefix))

@@ -1,10 +1,13 @@
 """A failed service is one line in words and exit 1 (status: 3); --debug adds the traceback."""
 
+import logging
 import socket
 
+import pytest
 import redis
 from kafka.errors import KafkaConnectionError
 
+from pipelines import cli
 from pipelines.cli import failure_sentence, main
 from pipelines.config import load_settings
 
@@ -47,3 +50,28 @@ def test_raw_service_errors_name_the_service_and_never_the_password(tmp_path):
     assert sentence.startswith("Redis at redis://") and "hunter2" not in sentence and "check redis.url" in sentence
     assert failure_sentence(KafkaConnectionError("gone"), settings).startswith("Kafka: KafkaConnectionError")
     assert failure_sentence(FileNotFoundError(2, "No such file", "x.yaml"), None).startswith("FileNotFoundError")
+
+
+def fail_with_oserror(args):
+    raise OSError("disk gone")
+
+
+@pytest.mark.parametrize("argv", [["--log-level", "debug", "status", "-c", "CFG"],
+                                  ["status", "-c", "CFG", "--log-level", "DEBUG"]])
+def test_log_level_is_taken_before_and_after_the_command(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.setenv("EMBEDWORKER_LOG_LEVEL", "INFO")  # logs.configure() writes it; restored after
+    monkeypatch.setattr(cli, "cmd_status", fail_with_oserror)
+    path = tmp_path / "c.yaml"
+    path.write_text("logging: {level: WARNING}\n")
+    assert main([str(path) if a == "CFG" else a for a in argv]) == 3
+    assert logging.getLogger("embedworker").level == logging.DEBUG  # the flag wins over logging.level
+    assert "Traceback" in capsys.readouterr().err  # log level DEBUG prints the traceback
+
+
+@pytest.mark.parametrize("argv", [["--log-level", "verbose", "status", "-c", "x.yaml"],
+                                  ["status", "-c", "x.yaml", "--log-level", "verbose"]])
+def test_a_bad_log_level_flag_exits_2_naming_the_flag(capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "argument --log-level: invalid choice: 'VERBOSE'" in capsys.readouterr().err

@@ -56,3 +56,22 @@ def test_the_cli_exits_2_without_a_traceback(tmp_path, monkeypatch, capsys):
     assert main(["produce", "-c", str(path), str(tmp_path / "none.jsonl")]) == 2
     out = capsys.readouterr()
     assert "EMBEDWORKER__REDIS__SHARD_URLS" in out.err + out.out and "Traceback" not in out.err + out.out
+
+
+def test_logging_level_takes_the_python_level_names_in_any_case(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("logging:\n  level: warning\n")
+    assert load_settings(path, environ={}).logging.level == "WARNING"
+    assert load_settings(path, environ={"EMBEDWORKER__LOGGING__LEVEL": "debug"}).logging.level == "DEBUG"
+
+
+def test_a_bad_logging_level_is_a_config_error_naming_the_key(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("logging:\n  level: verbose\n")
+    with pytest.raises(ConfigError, match=f"logging.level: Input should be 'DEBUG', .*; in {path}"):
+        load_settings(path, environ={})
+    with pytest.raises(ConfigError, match="logging.level: .*from the variable EMBEDWORKER__LOGGING__LEVEL"):
+        load_settings(None, environ={"EMBEDWORKER__LOGGING__LEVEL": "loud"})
+    assert main(["status", "-c", str(path)]) == 2
+    out = capsys.readouterr()
+    assert "logging.level" in out.err and "Traceback" not in out.err + out.out

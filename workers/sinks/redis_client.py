@@ -11,6 +11,7 @@ their writes itself, waiting out `retry_backoff()` without holding its lock.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -30,6 +31,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from workers.errors import SinkError
+from workers.logs import register_secret
 from workers.settings import RedisSettings, read_secret, redact_url
 
 TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSError)
@@ -54,7 +56,11 @@ def connect(settings: RedisSettings, url: str, retry: bool = True):
     kwargs: dict[str, Any] = {"socket_timeout": settings.socket_timeout_s,
                               "socket_connect_timeout": settings.socket_timeout_s,
                               "retry": retry_policy(settings) if retry else Retry(NoBackoff(), 0)}
-    password = read_secret(settings.password, settings.password_file)
+    password = read_secret(settings.password, settings.password_file, "redis.password_file")
+    in_url = urlsplit(url).password  # a password written into redis.url is masked in logs too
+    if in_url:
+        register_secret(in_url)
+        register_secret(unquote(in_url))
     if settings.username:
         kwargs["username"] = settings.username
     if password is not None:

@@ -25,7 +25,7 @@ import orjson
 import redis
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
 
-from workers.errors import SinkBackpressureError, SinkError
+from workers.errors import IndexMismatchError, SinkBackpressureError, SinkError
 from workers.settings import RedisSettings, redact_url
 from workers.sinks.base import TP, SinkRecord
 from workers.sinks.redis_client import (
@@ -45,11 +45,13 @@ RESERVED_ATTRS = ("id", "chunk", "chunks", "title", "url", "source", "lang", "pu
 class RedisVectorSetSink:
     name = "redis"
 
-    def __init__(self, settings: RedisSettings, model_slug: str, model_id: str, dim: int):
+    def __init__(self, settings: RedisSettings, model_slug: str, model_id: str, dim: int,
+                 document_prefix: str | None = None):
         self.settings = settings
         self.model_slug = model_slug
         self.model_id = model_id
         self.dim = dim
+        self.document_prefix = document_prefix  # None: not recorded, not checked (vectors made elsewhere)
         self.index = VectorSetIndex.new(settings, settings.index or model_slug)  # setup() reads the stored one
         self._cas = ("CAS",) if settings.cas else ()
         self._clients: list = []
@@ -77,15 +79,19 @@ class RedisVectorSetSink:
         client = self._clients[0]
         name = self.settings.index or self.model_slug
         stored = self._call(self._url_of(0), lambda: VectorSetIndex.stored(client, self.settings, name), retry=True)
-        for field, mine in (("dim", self.dim), ("shards", self.settings.shards)):
-            if field in stored.meta and stored.meta[field] != str(mine):
-                raise SinkError(f"vector set {stored.base} was created with {field}={stored.meta[field]}, but this "
-                                f"worker has {field}={mine}; use a new redis.index (or --target) for a new layout")
+        self._check_identity(stored)
         self.index = stored
         meta = {"model": self.model_id, "model_slug": self.model_slug, "dim": self.dim, "shards": self.index.shards,
                 "quantization": self.settings.quantization, "key_layout": self.index.layout}
+        if self.document_prefix is not None:
+            meta["document_prefix"] = self.document_prefix
         self._call(self._url_of(0), lambda: client.hset(self.index.meta_key, mapping={k: str(v) for k, v in meta.items()}),
                    retry=True)
+
+    def _check_identity(self, stored: VectorSetIndex) -> None:
+        check_identity(stored, {"model": self.model_id, "document_prefix": self.document_prefix,
+                                "quantization": self.settings.quantization, "dim": self.dim,
+                                "shards": self.settings.shards})
 
     @staticmethod
     def _check_server(client, url: str) -> None:
@@ -234,3 +240,18 @@ class RedisVectorSetSink:
                 client.close()
             except redis.RedisError:
                 pass
+
+
+def check_identity(stored: VectorSetIndex, mine: dict[str, Any]) -> None:
+    """Refuse an index whose meta names another model, prefix, quantization, dimension or shard
+    count than `mine` (a None value is not checked; an index written before a field was recorded
+    is checked on the rest). Called by a sink's setup() and by drivers before they start workers.
+    Raises IndexMismatchError."""
+    differ = [(field, stored.meta[field], str(value)) for field, value in mine.items()
+              if value is not None and field in stored.meta and stored.meta[field] != str(value)]
+    if differ:
+        theirs = ", ".join(f"{f}={v!r}" for f, v, _ in differ)
+        ours = ", ".join(f"{f}={v!r}" for f, _, v in differ)
+        raise IndexMismatchError(
+            f"index {stored.base} was built with {theirs}, but this run has {ours}: their vectors would not be "
+            "comparable; write to a new index (redis.index or backfill --target) and move the alias when it is complete")
