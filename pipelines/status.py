@@ -16,6 +16,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from pipelines.config import EmbedworkerSettings
+from pipelines.lake import lake_status
 from pipelines.search import alias_key, resolve_index
 from workers.kafka.clients import kafka_error_message, new_admin
 from workers.settings import model_slug, redact_url
@@ -144,12 +145,18 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
         return {"error": str(explain_redis_error(exc, urls[0], r) or f"Redis: {exc}")}
 
 
-def parquet_status(settings: EmbedworkerSettings, topic: str | None = None) -> dict:
-    """Files, rows and bytes per index folder (`index=<name>`; "-" for files of the layout
-    before index folders), and the highest offset per partition of the index this config writes."""
+def parquet_status(settings: EmbedworkerSettings, topic: str | None = None, partitions: list[int] | None = None) -> dict:
+    """Files, rows and bytes per index, and the highest offset per partition of the index this
+    config writes: for the lake from its log (`pipelines.lake`), for plain files from their
+    names and footers (index folders `index=<name>`; "-" for the layout before them)."""
     p = settings.parquet
     if not p.enabled:
         return {"enabled": False}
+    if p.format == "delta":
+        try:
+            return lake_status(settings, topic, partitions)
+        except Exception as exc:  # noqa: BLE001 - a status report shows the error instead of failing
+            return {"error": f"lake at {p.path}: {exc}"}
     index = settings.redis.index_name(settings.model.name)
     try:
         fs, root = open_filesystem(p.path)
@@ -210,8 +217,10 @@ def collect_status(settings: EmbedworkerSettings, window_s: float = 0.0, actors:
                    check_health: bool = True) -> dict:
     """Everything `embedworker status` shows. `actors` also asks the running replicas through
     Ray; `check_health` adds "problems" (the health check's reasons, empty when healthy)."""
-    report = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kafka": kafka_status(settings, window_s),
-              "redis": redis_status(settings), "parquet": parquet_status(settings, settings.kafka.topic)}
+    kafka = kafka_status(settings, window_s)
+    partitions = [p["partition"] for p in kafka.get("partitions", [])]
+    report = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kafka": kafka, "redis": redis_status(settings),
+              "parquet": parquet_status(settings, settings.kafka.topic, partitions)}
     if actors:
         from pipelines.actor_status import actor_status
 

@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from pipelines.config import EmbedworkerSettings
+from pipelines.lake import AutoCompactor
 from workers.encoding.model_files import read_model_files
 from workers.errors import EmbedworkerError, ModelNotFoundError
 from workers.worker import EmbeddingWorker
@@ -127,10 +128,16 @@ class StreamSupervisor:
         Restarts a replica's run after its actor died; raises the first fatal error."""
         last_summary = time.monotonic()
         last_counts: dict = {}
+        compactor = AutoCompactor(self.settings)
+        maintenance: threading.Thread | None = None
         while not self._stop.is_set() and not (until and until()):
             done, _ = ray.wait(list(self._runs), num_returns=1, timeout=poll_s)
             for ref in done:
                 self._handle_finished(ref)
+            if compactor.due() and (maintenance is None or not maintenance.is_alive()):
+                # the lake's closed days compacted beside the stream (parquet.compact_after_days)
+                maintenance = threading.Thread(target=compactor.tick, name="lake-compaction", daemon=True)
+                maintenance.start()
             if time.monotonic() - last_summary >= self.settings.logging.summary_interval_s:
                 last_counts = self._log_summary(last_counts, time.monotonic() - last_summary)
                 last_summary = time.monotonic()

@@ -101,7 +101,9 @@ def status_view(report: dict) -> Group:
     if "error" in p:
         parts.append(Text(f"parquet: {p['error']}", style="red"))
     elif p.get("enabled", True):
-        parts.append(Text(f"Parquet {p['path']}: {p['files']} files, {p['rows']} rows, {p['bytes'] / 1e6:.1f} MB"))
+        kind = f"Delta table, version {p['version']}" if p.get("format") == "delta" else "files"
+        parts.append(Text(f"Parquet {p['path']} ({kind}): {p['files']} files, {p['rows']} rows, "
+                          f"{p['bytes'] / 1e6:.1f} MB"))
         table = Table(title="Parquet per index")
         for col in ("index", "files", "rows", "MB"):
             table.add_column(col, justify="left" if col == "index" else "right")

@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow.dataset as ds
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
@@ -120,12 +119,22 @@ def header(record, name: str) -> str | None:
 
 
 def read_parquet(settings: EmbedworkerSettings, index: str | None = None):
-    """Every row under parquet.path (with `index` and `dt` from the folders), or one index's."""
-    path = Path(settings.parquet.path)
-    if not path.exists() or not list(path.rglob("*.parquet")):
-        return None
-    dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
-    return dataset.to_table(filter=None if index is None else ds.field("index") == index)
+    """Every row of the lake's current version (or of the plain files under parquet.path), with
+    `index` and `dt`, or one index's; None when nothing was written."""
+    from pipelines.lake import read_rows
+
+    return read_rows(settings, index)
+
+
+def parquet_metadata(settings: EmbedworkerSettings) -> dict[str, str]:
+    """What the writer recorded about the vectors (model, dim, prefix, normalization): the newest
+    commit's metadata in the lake, the file schema's metadata for plain files."""
+    if settings.parquet.format == "delta":
+        from deltalake import DeltaTable
+
+        return {k: v for k, v in DeltaTable(settings.parquet.path).history(1)[0].items() if k.startswith("embedworker.")}
+    meta = read_parquet(settings).schema.metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items()}
 
 
 class WorkerThread:

@@ -23,15 +23,15 @@ from workers.documents import Document, DocumentLimits, RecordOrigin, Rejection,
 from workers.encode_stage import sink_records
 from workers.encoding.encoder import Encoder
 from workers.errors import SinkBackpressureError
+from workers.lake_settings import ParquetSettings
 from workers.settings import (
     BatchingSettings,
     DocumentSettings,
     ModelSettings,
-    ParquetSettings,
     RedisSettings,
     model_slug,
 )
-from workers.sinks.parquet import ParquetSink
+from workers.sinks.lake import new_parquet_sink
 from workers.sinks.redis_vset import RedisVectorSetSink
 
 
@@ -140,7 +140,7 @@ class UnitEmbedder:
             self.redis.setup()
         self.parquet = None
         if self.parquet_settings.enabled:
-            self.parquet = ParquetSink(self.parquet_settings, self.redis_settings.index_name(m.name), m.name,
+            self.parquet = new_parquet_sink(self.parquet_settings, self.redis_settings.index_name(m.name), m.name,
                                        self.encoder.revision, self.encoder.dim, m.document_prefix)
             self.parquet.setup()
         self._ready = True

@@ -52,7 +52,8 @@ def sink_records(doc: Document, vectors: dict[int, np.ndarray] | None, chunked: 
         pieces = [(vectors[k], k, len(vectors)) for k in range(len(vectors))]
     return [SinkRecord(id=doc.id, op=doc.op, topic=o.topic, partition=o.partition, offset=o.offset, vector=vector,
                        chunk=chunk, chunks=chunks, chunked=chunked, title=doc.title, url=doc.url, source=doc.source,
-                       lang=doc.lang, published_at=doc.published_at, attrs=doc.attrs, event_time_ms=o.timestamp_ms,
+                       lang=doc.lang, published_at=doc.published_at, attrs=doc.attrs,
+                       text=doc.text if chunk == 0 and vector is not None else None, event_time_ms=o.timestamp_ms,
                        ingested_at=now)
             for vector, chunk, chunks in pieces]
 

@@ -34,6 +34,12 @@ class IndexMismatchError(SinkError):
     compared. A configuration problem: the command exits 2 naming both sides."""
 
 
+class LakeFormatError(SinkError):
+    """The Parquet path holds something this version must not write to: a folder of plain
+    Parquet files (`format: files`, or `embedworker lake import`), or a table of a newer
+    embedworker. A configuration problem: the command exits 2."""
+
+
 class SinkBackpressureError(EmbedworkerError):
     """A sink cannot take more data right now (service down, disk full, folder unwritable).
     Nothing handed to it since its last durable point is lost; the caller keeps the records,

@@ -266,14 +266,6 @@ class RedisSettings(_Section):
         return v
 
 
-class ParquetSettings(_Section):
-    enabled: bool = True
-    path: str = "./data/vectors"
-    max_rows_per_file: int = Field(50_000, gt=0)
-    max_seconds: float = Field(60, gt=0)
-    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
-
-
 class WorkersSettings(_Section):
     replicas: int = Field(1, ge=1)
     num_gpus: float = Field(1, ge=0)

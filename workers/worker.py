@@ -44,6 +44,7 @@ from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError
 from workers.kafka.dead_letters import DeadLetterPublisher
 from workers.kafka.source import KafkaSource
+from workers.lake_settings import ParquetSettings
 from workers.metrics import WorkerMetrics
 from workers.offsets import DELETE, DOC, REJECT, OffsetLedger
 from workers.settings import (
@@ -51,14 +52,13 @@ from workers.settings import (
     DocumentSettings,
     KafkaSettings,
     ModelSettings,
-    ParquetSettings,
     RedisSettings,
     WorkersSettings,
     model_slug,
 )
 from workers.sink_stage import SinkStage
 from workers.sinks.base import Sink
-from workers.sinks.parquet import ParquetSink
+from workers.sinks.lake import new_parquet_sink
 from workers.sinks.redis_vset import RedisVectorSetSink
 
 log = logging.getLogger("embedworker.worker")
@@ -99,7 +99,7 @@ class EmbeddingWorker:
             sinks.append(RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim,
                                              m.document_prefix))
         if self.parquet_settings.enabled:
-            sinks.append(ParquetSink(self.parquet_settings, self.redis_settings.index_name(m.name), m.name,
+            sinks.append(new_parquet_sink(self.parquet_settings, self.redis_settings.index_name(m.name), m.name,
                                      self.encoder.revision, self.encoder.dim, m.document_prefix))
         if not sinks:
             raise EmbedworkerError("redis.enabled and parquet.enabled are both false: nothing to write to")

@@ -105,6 +105,9 @@ up() {
   for p in $(redis_ports); do redis_node "$p" start & pids+=($!); done
   for p in "${pids[@]}"; do wait "$p" || die "a cluster service did not start (see above)"; done
   "$PYTHON" "$HERE/redis_cluster.py" $(redis_ports)
+  # token auth needs a token before the head starts (a fresh machine has none): made once, kept in
+  # ~/.ray/auth_token (or RAY_AUTH_TOKEN_PATH), where the nodes and the drivers find it; never printed
+  RAY_AUTH_MODE=token "$RAY" get-auth-token --generate > /dev/null
   ray_node head start
   ray_node node start
   log "cluster up: Kafka 127.0.0.1:$KAFKA_BASE-$((KAFKA_BASE + 2)), Redis Cluster 127.0.0.1:$REDIS_BASE-$((REDIS_BASE + 5)), Ray 127.0.0.1:$RAY_PORT (2 nodes)"

@@ -19,6 +19,7 @@ from tests.helpers import (
     end_offsets,
     header,
     make_settings,
+    parquet_metadata,
     produce,
     read_dlq,
     read_parquet,
@@ -127,8 +128,8 @@ def test_upserts_overwrite_and_deletes_remove(kafka_bootstrap, redis_url, redis_
     assert table["id"].to_pylist() == ["a", "b", "a", "c", "b"]
     assert table["op"].to_pylist() == ["upsert", "upsert", "upsert", "upsert", "delete"]
     assert table["embedding"].is_null().to_pylist() == [False, False, False, False, True]
-    meta = read_parquet(settings).schema.metadata
-    assert meta[b"embedworker.dim"] == b"32" and meta[b"embedworker.normalization"] == b"l2"
+    meta = parquet_metadata(settings)
+    assert meta["embedworker.dim"] == "32" and meta["embedworker.normalization"] == "l2"
 
 
 def test_chunked_documents_and_sharded_keys_with_a_merged_search(

@@ -14,7 +14,7 @@ import pytest
 from pipelines.config import load_settings
 from pipelines.status import parquet_status
 from workers.errors import SinkBackpressureError
-from workers.settings import ParquetSettings
+from workers.lake_settings import ParquetSettings
 from workers.sinks.base import SinkRecord
 from workers.sinks.parquet import ParquetSink
 from workers.sinks.parquet_files import index_of
@@ -92,7 +92,7 @@ def test_an_unwritable_folder_is_backpressure_until_it_is_writable(tmp_path):
 def test_status_reports_each_index_and_the_offsets_of_its_own(tmp_path):
     run_sink(tmp_path, "v1", range(10))
     run_sink(tmp_path, "v2", range(4), model="org/model-b", partition=1)
-    settings = load_settings(None, {"parquet": {"path": str(tmp_path)}, "redis": {"index": "v2"},
+    settings = load_settings(None, {"parquet": {"path": str(tmp_path), "format": "files"}, "redis": {"index": "v2"},
                                     "model": {"name": "org/model-b"}})
     report = parquet_status(settings, "news")
     assert (report["files"], report["rows"], report["index"]) == (2, 14, "v2")

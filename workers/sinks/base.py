@@ -39,6 +39,7 @@ class SinkRecord:
     lang: str | None = None
     published_at: datetime | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None            # the document's text, on its first chunk (the lake keeps it)
     event_time_ms: int | None = None   # the record's Kafka timestamp
     ingested_at: datetime | None = None
 

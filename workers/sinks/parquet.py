@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from workers.errors import SinkBackpressureError, SinkError
-from workers.settings import ParquetSettings
+from workers.lake_settings import ParquetSettings
 from workers.sinks.base import TP, SinkRecord
 from workers.sinks.parquet_files import (
     DICTIONARY_COLUMNS,
@@ -44,6 +44,16 @@ from workers.sinks.parquet_files import (
     parquet_schema,
     records_table,
 )
+
+
+@dataclass
+class Piece:
+    """A sealed buffer's rows still to write: one source partition's contiguous offsets."""
+
+    tp: TP
+    rows: list[SinkRecord]
+    first: int
+    last: int
 
 
 @dataclass
@@ -94,6 +104,9 @@ class ParquetSink:
             self._fs.create_dir(self._root, recursive=True)
         except OSError as exc:
             raise SinkError(f"cannot create Parquet folder {self._root}: {exc}") from None
+        self._start_writer()
+
+    def _start_writer(self) -> None:
         # pyarrow loads its compute and pandas layers on the first timestamp-with-zone column:
         # seconds of CPU, paid here rather than by the first file of the stream.
         pq.write_table(records_table([], self.schema), pa.BufferOutputStream(), compression=self.settings.compression)
@@ -214,22 +227,29 @@ class ParquetSink:
     # ---- files ----------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        """The writer thread: takes every sealed buffer at once, writes them (`_write_pieces`),
+        then records what is held. Backpressure is kept and retried; nothing is dropped."""
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._sealed or self._closing)
                 if not self._sealed:
                     return
-                tp, buf = self._sealed[0]
-                held = self._held.get(tp)
+                batch = list(self._sealed)
+                unknown = [tp for tp, _ in batch if tp not in self._held]
             try:
-                if held is None:
-                    self._read_held([tp])  # the folder was unreadable at assignment
-                    with self._cond:
-                        held = self._held.get(tp, -1)
-                rows = [r for r in buf.rows if r.offset > held]
-                if rows:
-                    day = (rows[0].ingested_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d")
-                    self.write_rows(rows, tp[0], tp[1], rows[0].offset, buf.last, day)
+                if unknown:
+                    self._read_held(unknown)  # the store was unreadable at assignment
+                with self._cond:
+                    held = {tp: self._held.get(tp, -1) for tp, _ in batch}
+                expected = dict(held)  # what the store holds now, as this sink believes
+                pieces: list[Piece] = []
+                for tp, buf in batch:
+                    rows = [r for r in buf.rows if r.offset > held[tp]]
+                    if rows:
+                        pieces.append(Piece(tp, rows, rows[0].offset, buf.last))
+                    held[tp] = max(held[tp], buf.last)
+                if pieces:
+                    held.update(self._write_pieces(pieces, expected))
             except SinkBackpressureError as exc:
                 with self._cond:
                     self._error = exc
@@ -237,12 +257,22 @@ class ParquetSink:
                     self._cond.wait(exc.retry_after_s)
                 continue
             with self._cond:
-                if self._sealed and self._sealed[0][1] is buf:
-                    self._sealed.popleft()
+                done = {id(buf) for _, buf in batch}
+                self._sealed = deque(item for item in self._sealed if id(item[1]) not in done)
+                for tp in held:
                     if tp in self._given:  # not revoked meanwhile
-                        self._held[tp] = max(self._held.get(tp, -1), buf.last)
+                        self._held[tp] = max(self._held.get(tp, -1), held[tp])
                 self._error = None
                 self._cond.notify_all()
+
+    def _write_pieces(self, pieces: list[Piece], expected: dict[TP, int]) -> dict[TP, int]:
+        """Write each piece as one file (this layout needs no fencing: a file's name is its
+        offset range, so a second writer of the same range replaces it). Returns nothing new
+        about what is held. Raises SinkBackpressureError."""
+        for p in pieces:
+            day = (p.rows[0].ingested_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d")
+            self.write_rows(p.rows, p.tp[0], p.tp[1], p.first, p.last, day)
+        return {}
 
     def write_rows(self, rows: list[SinkRecord], topic: str, partition: int, first: int, last: int, day: str) -> str:
         """Write one file of `rows` under index=`self.index`/dt=`day`, named by topic, partition and

@@ -1,0 +1,92 @@
+"""The lake as backfill input: re-embedding an index with a new model after Kafka's retention
+has removed the records, from the text the lake keeps (`parquet.include_text`).
+
+`embedworker backfill --input <table path or s3://…> [--source-index NAME]` exports the newest
+record of every document of the source index (its text, title and metadata; a deletion stays
+a deletion) as JSONL files of the backfill's state folder, once per table version, and the
+backfill runs over them as over any JSONL input: units, done markers, resume, rejects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
+
+from pipelines.config import EmbedworkerSettings
+from pipelines.lake import LakeError, newest_records
+from workers.sinks.lake import open_table
+
+COLUMNS = ["id", "chunk", "op", "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at", "text", "title", "url",
+           "source", "lang", "published_at", "attrs"]
+ROWS_PER_FILE = 50_000
+
+
+def is_lake(path: str, settings: EmbedworkerSettings) -> bool:
+    """Whether a backfill input names a Delta table (rather than a glob of files)."""
+    if "://" not in path or path.startswith("file://"):
+        return os.path.isdir(os.path.join(path.removeprefix("file://"), "_delta_log"))
+    if any(c in path for c in "*?["):
+        return False
+    options = settings.parquet.storage_options() if path.startswith("s3://") else None
+    try:
+        return DeltaTable.is_deltatable(path, storage_options=options)
+    except (OSError, DeltaError):
+        return False
+
+
+def export_documents(settings: EmbedworkerSettings, path: str, index: str | None, out_dir: str) -> list[str]:
+    """Write the newest record of each document of `index` in the table at `path` as JSONL files
+    under `out_dir`/v{version}-{index}/ (skipped when already there); returns their paths.
+    Raises LakeError naming the indexes when `index` is missing or ambiguous, or when the
+    table keeps no text."""
+    import fsspec
+
+    options = settings.parquet.storage_options() if path.startswith("s3://") else None
+    table = open_table(path if "://" in path else os.path.abspath(path), options)
+    if table is None:
+        raise LakeError(f"no Delta table at {path}")
+    dataset = table.to_pyarrow_dataset()
+    if "text" not in dataset.schema.names:
+        raise LakeError(f"the table at {path} keeps no text (parquet.include_text was off): re-embed from the source")
+    indexes = sorted(set(pc.unique(pa.table(table.get_add_actions(flatten=True))["partition.index"]).to_pylist()))
+    if index is None and len(indexes) == 1:
+        index = indexes[0]
+    if index not in indexes:
+        raise LakeError(f"index {index!r} is not in the table at {path}; it holds: {', '.join(indexes) or 'nothing'} "
+                        "(name one with --source-index)")
+    folder = f"{out_dir.rstrip('/')}/v{table.version()}-{index}"
+    fs, inner = fsspec.core.url_to_fs(folder)
+    done = f"{inner}/_SUCCESS"
+    if not fs.exists(done):
+        rows = newest_records(dataset.to_table(columns=COLUMNS, filter=ds.field("index") == index))
+        rows = rows.filter(pc.equal(rows["chunk"], 0))  # the text is on a document's first chunk
+        fs.makedirs(inner, exist_ok=True)
+        for n, start in enumerate(range(0, max(rows.num_rows, 1), ROWS_PER_FILE)):
+            with fs.open(f"{inner}/part-{n:05d}.jsonl", "w", encoding="utf-8") as f:
+                for r in rows.slice(start, ROWS_PER_FILE).to_pylist():
+                    f.write(json.dumps(_document(r), ensure_ascii=False) + "\n")
+        with fs.open(done, "w") as f:
+            f.write(json.dumps({"table": path, "version": table.version(), "index": index, "documents": rows.num_rows}))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    found = sorted(p for p in fs.glob(f"{inner}/part-*.jsonl"))
+    return [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in found]
+
+
+def _document(r: dict) -> dict:
+    if r["op"] == "delete":
+        return {"id": r["id"], "op": "delete"}
+    doc = {"id": r["id"], "text": r["text"] or ""}
+    for name in ("title", "url", "source", "lang"):
+        if r[name]:
+            doc[name] = r[name]
+    if r["published_at"] is not None:
+        doc["published_at"] = r["published_at"].isoformat().replace("+00:00", "Z")
+    if r["attrs"]:
+        doc["attrs"] = json.loads(r["attrs"])
+    return doc

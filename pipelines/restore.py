@@ -1,0 +1,96 @@
+"""`embedworker restore`: rebuild an index's vector sets from the lake, without the model.
+
+For a Redis that lost its data, or a new Redis (Cluster): the stored vectors and attributes of
+one index are added as the sink adds them (shards, key layout, quantization, EF and M from the
+config), each document as its newest record in the lake says (an upsert adds its chunks, a
+delete removes it), in batches with the sink's retry policy. Running it twice writes the same
+elements again (VADD replaces), so it is idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.config import EmbedworkerSettings
+from pipelines.lake import LakeError, newest_records, read_rows
+from workers.errors import SinkBackpressureError
+from workers.settings import RedisSettings, model_slug
+from workers.sinks.base import SinkRecord
+from workers.sinks.redis_vset import RedisVectorSetSink
+
+COLUMNS = ["id", "chunk", "op", "model", "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at",
+           "embedding", "title", "url", "source", "lang", "published_at", "attrs"]
+BATCH = 2000
+
+
+def restore_index(settings: EmbedworkerSettings, index: str | None = None, target: str | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Add the vectors of `index` (default: the configured one) from the lake to the vector sets
+    of `target` (default: the same name). Returns counts and the rate."""
+    source = index or settings.redis.index_name(settings.model.name)
+    stored = read_rows(settings, source, columns=COLUMNS)
+    if stored is None or stored.num_rows == 0:
+        raise LakeError(f"the lake at {settings.parquet.path} holds no rows of index {source!r}")
+    rows = newest_records(stored)
+    models = set(pc.unique(rows.filter(pc.equal(rows["op"], "upsert"))["model"]).to_pylist())
+    if len(models) > 1:
+        raise LakeError(f"index {source!r} holds vectors of several models ({', '.join(sorted(models))}): not restored")
+    model = models.pop() if models else settings.model.name
+    dim = _dim(rows)
+    prefix = settings.model.document_prefix if model == settings.model.name else None
+    redis: RedisSettings = settings.redis.model_copy(update={"index": target or source})
+    sink = RedisVectorSetSink(redis, model_slug(model), model, dim, prefix)
+    sink.setup()
+    chunks = dict(zip(*np.unique(np.asarray(rows["id"].to_pylist(), dtype=object), return_counts=True)))
+    chunked = settings.model.chunking.enabled
+    started, written, deleted = time.monotonic(), 0, 0
+    try:
+        for start in range(0, rows.num_rows, BATCH):
+            batch = [_record(r, chunks, chunked) for r in rows.slice(start, BATCH).to_pylist()]
+            _write(sink, batch)
+            written += sum(1 for r in batch if r.op == "upsert")
+            deleted += sum(1 for r in batch if r.op == "delete")
+            if on_progress:
+                on_progress(start + len(batch), rows.num_rows)
+    finally:
+        sink.close()
+    seconds = time.monotonic() - started
+    return {"index": source, "target": sink.index.base, "model": model, "rows_in_lake": stored.num_rows,
+            "vectors": written, "deleted": deleted, "seconds": round(seconds, 2),
+            "vectors_per_s": round(written / seconds, 1) if seconds > 0 else None}
+
+
+def _dim(rows: pa.Table) -> int:
+    for value in rows["embedding"]:
+        if value.is_valid:
+            return len(value)
+    return 0
+
+
+def _record(r: dict, chunks: dict, chunked: bool) -> SinkRecord:
+    vector = None if r["embedding"] is None else np.asarray(r["embedding"], dtype=np.float32)
+    published = r["published_at"]
+    return SinkRecord(id=r["id"], op=r["op"], topic=r["kafka_topic"], partition=r["kafka_partition"],
+                      offset=r["kafka_offset"], vector=vector, chunk=r["chunk"] or 0, chunks=int(chunks[r["id"]]),
+                      chunked=chunked, title=r["title"], url=r["url"], source=r["source"], lang=r["lang"],
+                      published_at=published.astimezone(UTC) if isinstance(published, datetime) else None,
+                      attrs=orjson.loads(r["attrs"]) if r["attrs"] else {})
+
+
+def _write(sink: RedisVectorSetSink, batch: list[SinkRecord]) -> None:
+    """One batch under the sink's backoff: Redis away for a while is waited out, not a failure."""
+    for attempt in range(60):
+        try:
+            sink.write(batch)
+            return
+        except SinkBackpressureError as exc:
+            if attempt == 59:
+                raise
+            time.sleep(exc.retry_after_s)
