@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	bash infra/local/kafka.sh install
+	bash infra/local/s3.sh install
 	@touch $(STAMP)
 
 up: install

@@ -69,6 +69,7 @@ class BackfillJob:
         documents of `source_index` are exported to JSONL in the state folder first)."""
         self.settings = with_target(settings, target)
         self.target = target
+        settings.parquet.s3.configure_fsspec()
         root = state_dir or f"{self.settings.parquet.path.rstrip('/')}/_backfill"
         if is_lake(pattern, self.settings):
             self.paths = export_documents(self.settings, pattern, source_index, f"{root}/lake-input")

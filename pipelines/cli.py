@@ -8,27 +8,41 @@ A service that fails (Kafka, Redis, Ray, storage) is one line in words and exit 
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
 import signal
-import sys
-import time
-import traceback
 
-import redis
-from kafka.errors import KafkaError
-from rich.console import Console
-from rich.text import Text
+# A SIGTERM that comes while `run` starts is recorded, not fatal: it drains and exits 0 however
+# early it came. As `python -m pipelines.cli` that holds from the first moment (imports included);
+# through the `embedworker` script from main() on. Every other command keeps the default.
+EARLY_SIGTERM: list[int] = []
 
-from pipelines.cli_lake import add_commands as add_lake_commands
-from pipelines.config import ConfigError, EmbedworkerSettings, load_settings
-from pipelines.tables import eval_table, print_status, search_table, summary_table
-from workers import logs
-from workers.errors import EmbedworkerError, IndexMismatchError, LakeFormatError, ModelNotFoundError
-from workers.kafka.clients import kafka_error_message
-from workers.settings import redact_url
+
+def _record_signal(signum, _frame) -> None:
+    EARLY_SIGTERM.append(signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _record_signal)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+import redis  # noqa: E402
+from kafka.errors import KafkaError  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.text import Text  # noqa: E402
+
+from pipelines.cli_lake import add_commands as add_lake_commands  # noqa: E402
+from pipelines.config import ConfigError, EmbedworkerSettings, load_settings  # noqa: E402
+from pipelines.tables import eval_table, print_status, search_table, summary_table  # noqa: E402
+from workers import logs  # noqa: E402
+from workers.errors import EmbedworkerError, IndexMismatchError, LakeFormatError, ModelNotFoundError  # noqa: E402
+from workers.kafka.clients import kafka_error_message  # noqa: E402
+from workers.settings import redact_url  # noqa: E402
 
 log = logging.getLogger("embedworker.cli")
 console = Console(stderr=False)
@@ -51,15 +65,23 @@ def _settings(args) -> EmbedworkerSettings:
 
 
 def cmd_run(args) -> int:
+    # A SIGTERM at any moment ends in a drain and exit 0: recorded from the module's import on
+    # (EARLY_SIGTERM), and handed to the supervisor once it exists (again after init_ray: Ray
+    # installs its own handler).
+    early = EARLY_SIGTERM
+    signal.signal(signal.SIGINT, _record_signal)
     from pipelines.stream import StreamSupervisor, init_ray, resolve_model
 
     settings, note = resolve_model(_settings(args))
     if note:
         log.warning(note)
     supervisor = StreamSupervisor(settings)
-    init_ray(settings)  # before our handlers: Ray installs its own for SIGTERM
+    init_ray(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
+    if early:
+        log.info("stop requested during start-up: draining")
+        supervisor.request_stop()
     supervisor.start()
     results = supervisor.supervise()
     log.info("stopped: %s", results)
@@ -300,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        signal.signal(signal.SIGTERM, _record_signal)
+    elif signal.getsignal(signal.SIGTERM) is _record_signal:  # only `run` drains; the others end at once
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if EARLY_SIGTERM:
+            return 128 + signal.SIGTERM
     if args.command == "demo" and args.config is None:
         args.config = "configs/demo.yaml"
     try:

@@ -12,6 +12,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 KAFKA_BOOTSTRAP = os.environ.get("EMBEDWORKER_TEST_KAFKA", "localhost:9092")
 REDIS_URL = os.environ.get("EMBEDWORKER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# infra/local/s3.sh's server (bucket embedworker) and its local development credentials
+S3_SETTINGS = {"endpoint_url": os.environ.get("EMBEDWORKER_TEST_S3", "http://127.0.0.1:9300"), "region": "us-east-1",
+               "access_key_id": "embedworker", "secret_access_key": "embedworker-local-dev", "allow_http": True}
 
 
 @pytest.fixture
@@ -22,6 +25,12 @@ def kafka_bootstrap() -> str:
 @pytest.fixture
 def redis_url() -> str:
     return REDIS_URL
+
+
+@pytest.fixture
+def s3_lake(unique) -> dict:
+    """parquet settings of a lake of this test's own on the local S3-compatible server."""
+    return {"path": f"s3://embedworker/test-{unique}/lake", "s3": dict(S3_SETTINGS)}
 
 
 @pytest.fixture

@@ -132,6 +132,7 @@ class UnitEmbedder:
 
     def _setup(self) -> None:
         m = self.model_settings
+        self.parquet_settings.s3.configure_fsspec()  # s3:// inputs and state folders
         self.encoder = Encoder.from_settings(m, self.batching)
         self.redis = None
         if self.redis_settings.enabled:

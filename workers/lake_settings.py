@@ -25,9 +25,9 @@ class S3Settings(_Section):
     secret_access_key: SecretStr | None = None
     secret_access_key_file: Path | None = None
     allow_http: bool = False                 # plain HTTP endpoints (a local server)
-    # Conditional writes: "etag" for servers that answer If-Match/If-None-Match (S3 itself,
-    # and the local test server); null leaves delta-rs' default.
-    conditional_put: Literal["etag"] | None = "etag"
+    # delta-rs commits by conditional writes (If-None-Match: *), which S3 and the local server
+    # (s3proxy) implement; "etag" is object_store's option for servers that need it said.
+    conditional_put: Literal["etag"] | None = None
 
     @field_validator("secret_access_key_file")
     @classmethod
@@ -51,6 +51,25 @@ class S3Settings(_Section):
         if self.conditional_put:
             opts["aws_conditional_put"] = self.conditional_put
         return opts
+
+
+    def configure_fsspec(self) -> None:
+        """Make fsspec's s3:// (backfill inputs and state folders) use these settings too, in this
+        process (the driver, and each backfill actor when it sets up)."""
+        import fsspec.config
+
+        opts: dict = {}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.access_key_id:
+            opts["key"] = self.access_key_id
+        secret = read_secret(self.secret_access_key, self.secret_access_key_file, "parquet.s3.secret_access_key_file")
+        if secret is not None:
+            opts["secret"] = secret
+        if self.region:
+            opts["client_kwargs"] = {"region_name": self.region}
+        if opts:
+            fsspec.config.conf["s3"] = {**fsspec.config.conf.get("s3", {}), **opts}
 
 
 class ParquetSettings(_Section):

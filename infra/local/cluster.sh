@@ -5,7 +5,8 @@
 #   - Redis Cluster: 6 redis-server 8 nodes on CLUSTER_REDIS_PORT.. +5 (17000-17005), 3 masters
 #     and 3 replicas (CLUSTER ADDSLOTSRANGE / MEET / REPLICATE, infra/local/redis_cluster.py);
 #   - Ray: a head (CLUSTER_RAY_PORT, 16380) and one more node, each declaring one GPU, so two
-#     replicas with num_gpus 1 land one per node (compute stays on CPU: model.device cpu).
+#     replicas with num_gpus 1 land one per node (compute stays on CPU: model.device cpu);
+#   - S3: s3proxy on CLUSTER_S3_PORT (19300), bucket embedworker: the lake on object storage.
 #   infra/local/cluster.sh up|down|status
 #   infra/local/cluster.sh kafka-kill N | kafka-start N | redis-kill PORT | redis-start PORT |
 #     redis-pause PORT | redis-resume PORT | ray-node-stop | ray-node-start | ray-tmp
@@ -18,6 +19,7 @@ HERE="$REPO_DIR/infra/local"
 KAFKA_BASE="${CLUSTER_KAFKA_PORT:-19092}"
 REDIS_BASE="${CLUSTER_REDIS_PORT:-17000}"
 RAY_PORT="${CLUSTER_RAY_PORT:-16380}"
+S3_CLUSTER_PORT="${CLUSTER_S3_PORT:-19300}"
 CLUSTER_DIR="$RUN_DIR/cluster"
 export EMBEDWORKER_RUN_DIR="$CLUSTER_DIR"
 # Ray's session folder holds Unix sockets, whose paths may not exceed 107 bytes: it lives under the
@@ -103,6 +105,7 @@ up() {
   local pids=() n
   for n in 1 2 3; do kafka_node "$n" start & pids+=($!); done  # a quorum needs two voters up at once
   for p in $(redis_ports); do redis_node "$p" start & pids+=($!); done
+  S3_PORT="$S3_CLUSTER_PORT" "$HERE/s3.sh" start & pids+=($!)
   for p in "${pids[@]}"; do wait "$p" || die "a cluster service did not start (see above)"; done
   "$PYTHON" "$HERE/redis_cluster.py" $(redis_ports)
   # token auth needs a token before the head starts (a fresh machine has none): made once, kept in
@@ -110,7 +113,7 @@ up() {
   RAY_AUTH_MODE=token "$RAY" get-auth-token --generate > /dev/null
   ray_node head start
   ray_node node start
-  log "cluster up: Kafka 127.0.0.1:$KAFKA_BASE-$((KAFKA_BASE + 2)), Redis Cluster 127.0.0.1:$REDIS_BASE-$((REDIS_BASE + 5)), Ray 127.0.0.1:$RAY_PORT (2 nodes)"
+  log "cluster up: Kafka 127.0.0.1:$KAFKA_BASE-$((KAFKA_BASE + 2)), Redis Cluster 127.0.0.1:$REDIS_BASE-$((REDIS_BASE + 5)), Ray 127.0.0.1:$RAY_PORT (2 nodes), S3 http://127.0.0.1:$S3_CLUSTER_PORT (the lake)"
 }
 
 down() {
@@ -119,6 +122,7 @@ down() {
   local p n
   for p in $(redis_ports); do redis_node "$p" stop; done
   for n in 3 2 1; do kafka_node "$n" stop; done
+  S3_PORT="$S3_CLUSTER_PORT" "$HERE/s3.sh" stop
 }
 
 status() {
@@ -126,6 +130,7 @@ status() {
   for n in 1 2 3; do kafka_node "$n" status || rc=$?; done
   for p in $(redis_ports); do redis_node "$p" status || rc=$?; done
   ray_node head status || rc=$?; ray_node node status || rc=$?
+  S3_PORT="$S3_CLUSTER_PORT" "$HERE/s3.sh" status || rc=$?
   return $rc
 }
 

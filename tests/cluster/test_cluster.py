@@ -26,12 +26,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 def cluster_settings(tiny_model_dir, tmp_path, unique, **overrides):
-    data = load_settings(REPO / "configs" / "cluster.yaml").model_dump(mode="json")
+    config = load_settings(REPO / "configs" / "cluster.yaml")
+    data = config.model_dump(mode="json")
+    # the lake on the cluster's S3-compatible server, under a prefix of this test's own
+    data["parquet"]["s3"]["secret_access_key"] = config.parquet.s3.secret_access_key.get_secret_value()
     data["kafka"].update(topic=f"t-{unique}", group_id=f"g-{unique}", commit_interval_ms=200,
                          session_timeout_ms=6000, metadata_max_age_ms=3000)
     data["model"] = {"name": str(tiny_model_dir), "device": "cpu"}
     data["redis"].update(key_prefix=f"test{unique}", quantization="noquant")
-    data["parquet"].update(path=str(tmp_path / "parquet"), max_seconds=0.5)
+    data["parquet"].update(path=f"{config.parquet.path}/test-{unique}", max_seconds=0.5)
     data["workers"].update(metrics_port=None, drain_timeout_s=30)
     data["logging"] = {"summary_interval_s": 5}
     for section, values in overrides.items():

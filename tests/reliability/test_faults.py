@@ -219,8 +219,9 @@ def test_parquet_folder_unwritable_then_writable_again(stream_settings, redis_cl
         root.write_text("not a folder")  # every write under it now fails, even for root
         stream.send()
         wait_until(lambda: worker.worker.stats()["paused"]
-                   and "cannot write Parquet file" in (worker.worker.stats()["sink_error"] or ""),
-                   timeout=15, message="paused with the Parquet error")
+                   and "the lake at" in (worker.worker.stats()["sink_error"] or ""),
+                   timeout=15, message="paused with the lake's error",
+                   diagnose=lambda: f"stats {worker.worker.stats()}")
         during = committed_offsets(settings)
         time.sleep(4)  # a window in which nothing may be committed (there is no event to wait for)
         assert committed_offsets(settings) == during
