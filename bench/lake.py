@@ -111,10 +111,55 @@ def measure(path: Path, fmt: str) -> dict:
     return {"assignment_s": best(assign), "status_s": best(status)}
 
 
+def measure_restore(n: int, redis_url: str) -> dict:
+    """Vectors per second of `embedworker restore` (n 384-dim documents, Q8, EF 200, one shard)."""
+    import uuid as _uuid
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from pipelines.config import load_settings
+    from pipelines.restore import restore_index
+    from workers.sinks.base import SinkRecord
+    from workers.sinks.lake import DeltaLakeSink
+    from workers.sinks.redis_client import connect
+
+    folder = Path(tempfile.mkdtemp(prefix="embedworker-lake-restore-"))
+    prefix = f"benchrestore{_uuid.uuid4().hex[:6]}"
+    settings = load_settings(None, {"parquet": {"path": str(folder)}, "redis": {"url": redis_url, "index": "v1",
+                                                                               "key_prefix": prefix},
+                                    "model": {"name": "bench/model"}})
+    try:
+        sink = DeltaLakeSink(settings.parquet, "v1", "bench/model", None, 384, "passage: ")
+        sink.setup()
+        sink.assign([("news", 0)])
+        rng = np.random.default_rng(0)
+        now = datetime.now(UTC)
+        for start in range(0, n, 5000):
+            vecs = rng.standard_normal((5000, 384)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            sink.write([SinkRecord(id=f"d{start + i}", op="upsert", topic="news", partition=0, offset=start + i,
+                                   vector=vecs[i], title=f"title {start + i}", lang="ko", ingested_at=now)
+                        for i in range(min(5000, n - start))])
+            sink.flush(0.0, force=True)
+        sink.close()
+        result = restore_index(settings)
+        return {"vectors": result["vectors"], "seconds": result["seconds"], "vectors_per_s": result["vectors_per_s"],
+                "quantization": settings.redis.quantization, "ef": settings.redis.ef}
+    finally:
+        client = connect(settings.redis, redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--delta", default="1000,10000,100000", help="commit counts for the lake")
     ap.add_argument("--files", default="1000,10000", help="file counts for the plain layout")
+    ap.add_argument("--restore", type=int, default=0, help="also measure restore with this many vectors (needs Redis)")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from encoder import _cpu_name
@@ -132,6 +177,9 @@ def main() -> None:
                 print(fmt, n, res[fmt][str(n)], file=sys.stderr, flush=True)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
+    if args.restore:
+        res["restore"] = measure_restore(args.restore, args.redis)
+        print("restore", res["restore"], file=sys.stderr, flush=True)
     print(json.dumps(res, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

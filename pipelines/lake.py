@@ -101,17 +101,23 @@ def read_rows(settings: EmbedworkerSettings, index: str | None = None, columns: 
 
 
 def newest_records(table: pa.Table) -> pa.Table:
-    """The rows of each id's newest record (all its chunks): the latest ingestion, then the
-    highest offset. Older records of an id (replaced or deleted since) are dropped."""
-    table = table.append_column("_row", pa.array(np.arange(table.num_rows)))
-    ordered = table.sort_by([("ingested_at", "ascending"), ("kafka_offset", "ascending")])
+    """The rows of each id's newest record (all its chunks). Within one source partition the
+    offset orders the records (an id's records of a stream share its partition; a deletion can be
+    stored before the upsert it follows, so ingestion times do not); between sources (a backfill
+    and the stream) the later ingestion wins. Older records of an id are dropped."""
+    keys = table.select(["id", "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at"]).append_column(
+        "_row", pa.array(np.arange(table.num_rows)))
+    source = ["id", "kafka_topic", "kafka_partition"]
+    latest = keys.group_by(source).aggregate([("kafka_offset", "max")]).rename_columns(source + ["kafka_offset"])
+    candidates = keys.join(latest, keys=source + ["kafka_offset"], join_type="inner")
+    ordered = candidates.sort_by([("ingested_at", "ascending"), ("kafka_offset", "ascending")])
     last = ordered.group_by("id", use_threads=False).aggregate([("kafka_topic", "last"), ("kafka_partition", "last"),
                                                                 ("kafka_offset", "last")])
-    winners = table.join(last, keys=["id"], join_type="inner")
-    keep = pc.and_(pc.and_(pc.equal(winners["kafka_topic"], winners["kafka_topic_last"]),
-                           pc.equal(winners["kafka_partition"], winners["kafka_partition_last"])),
-                   pc.equal(winners["kafka_offset"], winners["kafka_offset_last"]))
-    return winners.filter(keep).select(table.column_names).sort_by("_row")
+    winners = candidates.join(last, keys=["id"], join_type="inner")
+    keep = winners.filter(pc.and_(pc.and_(pc.equal(winners["kafka_topic"], winners["kafka_topic_last"]),
+                                          pc.equal(winners["kafka_partition"], winners["kafka_partition_last"])),
+                                  pc.equal(winners["kafka_offset"], winners["kafka_offset_last"])))["_row"]
+    return table.take(keep.take(pc.sort_indices(keep)))
 
 
 def closed_days(table: DeltaTable, older_than_days: int = 1, index: str | None = None) -> list[tuple[str, str]]:
