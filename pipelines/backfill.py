@@ -72,7 +72,7 @@ class BackfillJob:
         settings.parquet.s3.configure_fsspec()
         root = state_dir or f"{self.settings.parquet.path.rstrip('/')}/_backfill"
         if is_lake(pattern, self.settings):
-            self.paths = export_documents(self.settings, pattern, source_index, f"{root}/lake-input")
+            self.paths = export_documents(self.settings, pattern, source_index, f"{root}/lake-input", exclude=target)
         else:
             self.paths = resolve_inputs(pattern)
         index = self.settings.redis.index_name(self.settings.model.name)

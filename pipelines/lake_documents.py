@@ -3,7 +3,7 @@ has removed the records, from the text the lake keeps (`parquet.include_text`).
 
 `embedworker backfill --input <table path or s3://…> [--source-index NAME]` exports the newest
 record of every document of the source index (its text, title and metadata; a deletion stays
-a deletion) as JSONL files of the backfill's state folder, once per table version, and the
+a deletion) as JSONL files of the backfill's state folder, once, and the
 backfill runs over them as over any JSONL input: units, done markers, resume, rejects.
 """
 
@@ -40,11 +40,14 @@ def is_lake(path: str, settings: EmbedworkerSettings) -> bool:
         return False
 
 
-def export_documents(settings: EmbedworkerSettings, path: str, index: str | None, out_dir: str) -> list[str]:
-    """Write the newest record of each document of `index` in the table at `path` as JSONL files
-    under `out_dir`/v{version}-{index}/ (skipped when already there); returns their paths.
-    Raises LakeError naming the indexes when `index` is missing or ambiguous, or when the
-    table keeps no text."""
+def export_documents(settings: EmbedworkerSettings, path: str, index: str | None, out_dir: str,
+                     exclude: str | None = None) -> list[str]:
+    """Write the newest record of each document of `index` (default: the table's only index
+    other than `exclude`, the backfill's target) as JSONL files under `out_dir`/index={index}/v{version}/
+    and return their paths. An export made before for that index is used again (so a second run
+    of the same backfill finds its units done, though its own commits moved the table on).
+    Raises LakeError naming the indexes when `index` is missing or ambiguous, or when the table
+    keeps no text."""
     import fsspec
 
     options = settings.parquet.storage_options() if path.startswith("s3://") else None
@@ -55,13 +58,15 @@ def export_documents(settings: EmbedworkerSettings, path: str, index: str | None
     if "text" not in dataset.schema.names:
         raise LakeError(f"the table at {path} keeps no text (parquet.include_text was off): re-embed from the source")
     indexes = sorted(set(pc.unique(pa.table(table.get_add_actions(flatten=True))["partition.index"]).to_pylist()))
-    if index is None and len(indexes) == 1:
-        index = indexes[0]
+    sources = [i for i in indexes if i != exclude]
+    if index is None and len(sources) == 1:
+        index = sources[0]
     if index not in indexes:
         raise LakeError(f"index {index!r} is not in the table at {path}; it holds: {', '.join(indexes) or 'nothing'} "
                         "(name one with --source-index)")
-    folder = f"{out_dir.rstrip('/')}/v{table.version()}-{index}"
-    fs, inner = fsspec.core.url_to_fs(folder)
+    fs, root = fsspec.core.url_to_fs(out_dir.rstrip("/"))
+    earlier = sorted(fs.glob(f"{root}/index={index}/v*/_SUCCESS"), key=lambda p: int(p.rsplit("/", 2)[-2][1:]))
+    inner = earlier[-1].rsplit("/", 1)[0] if earlier else f"{root}/index={index}/v{table.version()}"
     done = f"{inner}/_SUCCESS"
     if not fs.exists(done):
         rows = newest_records(dataset.to_table(columns=COLUMNS, filter=ds.field("index") == index))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -208,3 +209,33 @@ def test_two_model_upgrades_in_a_row_each_replay_the_whole_topic(
         assert set(copy["id"].to_pylist()) == {f"d-{i}" for i in range(120)}
     assert vcard(redis_client, settings, "v1") == 120  # the old index stays until dropped
     assert read_parquet(settings).num_rows == 240 and read_parquet(settings, index="v1").num_rows == 120
+
+
+def test_a_model_upgrade_re_embeds_from_the_lake_after_kafka_forgot(
+        ray_cluster, kafka_bootstrap, redis_url, redis_client, tiny_model_dir, tmp_path, unique):
+    """The lake keeps the text: a second model re-embeds the newest documents of the first
+    model's index from the table (an update and a deletion included), into a new index, without
+    the topic; the alias moves when it is complete; a second run embeds nothing again."""
+    from pipelines.search import alias_key
+    from workers.testing import make_random_model
+
+    settings = make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique, redis={"index": "v1"})
+    create_topic(settings, partitions=2)
+    produce(settings, [doc(f"d-{i}", f"기사 {i} story", title=f"title {i}") for i in range(80)]
+            + [doc("d-7", "기사 7 updated", title="title 7 v2"), (b"d-9", b'{"id": "d-9", "op": "delete"}')])
+    replay_topic(settings, settings.kafka.topic)
+    assert read_parquet(settings, index="v1").num_rows == 82
+
+    other = make_random_model(tmp_path / "model-b", seed=11)
+    upgraded = make_settings(kafka_bootstrap, redis_url, other, tmp_path, unique)
+    lake_path = settings.parquet.path
+    first = BackfillJob(upgraded, lake_path, target="v2").run()
+    assert (first["embedded"], first["deleted"], first["rejected"]) == (79, 1, 0)
+    assert vcard(redis_client, upgraded, "v2") == 79
+    assert redis_client.get(alias_key(upgraded)) == b"v2"
+    v2 = read_parquet(upgraded, index="v2")
+    upserts = v2.filter(pc.equal(v2["op"], "upsert"))
+    assert set(upserts["id"].to_pylist()) == {f"d-{i}" for i in range(80)} - {"d-9"}
+    assert "기사 7 updated" in upserts["text"].to_pylist() and set(upserts["model"].to_pylist()) == {str(other)}
+    again = BackfillJob(upgraded, lake_path, target="v2").run()
+    assert again["embedded"] == 79 and read_parquet(upgraded, index="v2").num_rows == v2.num_rows

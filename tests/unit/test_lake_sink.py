@@ -210,3 +210,21 @@ def test_the_driver_compacts_closed_days_by_itself_once_an_hour(tmp_path):
     assert result is not None and result["days"] == 1 and result["files_removed"] == 3
     assert auto.tick(now=10_500.0) is None, "within the hour: not again"
     assert sorted(rows(tmp_path)["kafka_offset"].to_pylist()) == list(range(30))
+
+
+def test_lake_commands_on_a_folder_of_plain_files_say_so_and_exit_2(tmp_path, capsys):
+    import yaml
+
+    from pipelines.cli import main
+
+    plain = ParquetSink(ParquetSettings(path=str(tmp_path / "plain"), format="files"), "v1", "m", None, DIM, "")
+    plain.setup()
+    plain.assign([("news", 0)])
+    plain.write(records(range(3)))
+    plain.close()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"parquet": {"path": str(tmp_path / "plain")}}))
+    assert main(["lake", "compact", "-c", str(config)]) == 2
+    said = capsys.readouterr().err
+    assert "older layout" in said and "parquet.format: files" in said and "Traceback" not in said
+    assert len(said.strip().splitlines()) == 1
