@@ -53,3 +53,19 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 require_python() {
   [ -x "$PYTHON" ] || die "$PYTHON not found: run 'make install' first (or set EMBEDWORKER_PYTHON)"
 }
+
+java_bin() { if [ -n "${JAVA_HOME:-}" ]; then echo "$JAVA_HOME/bin/java"; else echo java; fi; }
+
+# service_main VERB: the verbs of a service script (kafka.sh, s3.sh) that defines install() and
+# start() and sets PIDFILE, MARKER and NAME.
+service_main() {
+  case "${1:-}" in
+    install) install ;;
+    start) require_python; start ;;
+    stop) stop_pid "$PIDFILE" "$MARKER" "$NAME" ;;
+    restart) stop_pid "$PIDFILE" "$MARKER" "$NAME"; require_python; start ;;
+    status)
+      if pid_alive "$PIDFILE" "$MARKER"; then echo "$NAME: running (pid $(cat "$PIDFILE"))"; else echo "$NAME: stopped"; return 3; fi ;;
+    *) echo "usage: $0 install|start|stop|restart|status" >&2; exit 2 ;;
+  esac
+}

@@ -43,8 +43,6 @@ install() {
   log "kafka $KAFKA_VERSION resolved in $((SECONDS - t0)) s"
 }
 
-java_bin() { if [ -n "${JAVA_HOME:-}" ]; then echo "$JAVA_HOME/bin/java"; else echo java; fi; }
-
 write_props() {
   mkdir -p "$INST_DIR/data"
   cat > "$PROPS" <<PROPS
@@ -114,15 +112,4 @@ start() {
   die "$NAME did not answer within 120 s (log: $LOGFILE)"
 }
 
-status() {
-  if pid_alive "$PIDFILE" "$MARKER"; then echo "$NAME: running (pid $(cat "$PIDFILE"))"; else echo "$NAME: stopped"; return 3; fi
-}
-
-case "${1:-}" in
-  install) install ;;
-  start) require_python; start ;;
-  stop) stop_pid "$PIDFILE" "$MARKER" "$NAME" ;;
-  restart) stop_pid "$PIDFILE" "$MARKER" "$NAME"; require_python; start ;;
-  status) status ;;
-  *) echo "usage: $0 install|start|stop|restart|status" >&2; exit 2 ;;
-esac
+service_main "$@"

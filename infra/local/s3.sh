@@ -32,8 +32,6 @@ install() {
   [ -f "$JAR" ] || die "s3proxy jar missing in $JAR_DIR"
 }
 
-java_bin() { if [ -n "${JAVA_HOME:-}" ]; then echo "$JAVA_HOME/bin/java"; else echo java; fi; }
-
 start() {
   if pid_alive "$PIDFILE" "$MARKER"; then log "$NAME: already running (pid $(cat "$PIDFILE"))"; return 0; fi
   if port_open "$S3_PORT"; then die "port $S3_PORT is taken by a process these scripts did not start"; fi
@@ -66,15 +64,4 @@ CONF
   die "$NAME did not answer, or refused conditional writes, within 60 s (log: $LOGFILE)"
 }
 
-status() {
-  if pid_alive "$PIDFILE" "$MARKER"; then echo "$NAME: running (pid $(cat "$PIDFILE"))"; else echo "$NAME: stopped"; return 3; fi
-}
-
-case "${1:-}" in
-  install) install ;;
-  start) require_python; start ;;
-  stop) stop_pid "$PIDFILE" "$MARKER" "$NAME" ;;
-  restart) stop_pid "$PIDFILE" "$MARKER" "$NAME"; require_python; start ;;
-  status) status ;;
-  *) echo "usage: $0 install|start|stop|restart|status" >&2; exit 2 ;;
-esac
+service_main "$@"
