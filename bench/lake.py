@@ -36,7 +36,7 @@ def make_delta(path: Path, commits: int) -> None:
 
     from workers.sinks.lake import create_table, lake_schema
 
-    create_table(str(path), lake_schema(384, True), None)
+    create_table(str(path), lake_schema(384), None)
     log = path / "_delta_log"
     now = int(time.time() * 1000)
     checkpoint_at = (commits // 100) * 100

@@ -56,7 +56,7 @@ def export_documents(settings: EmbedworkerSettings, path: str, index: str | None
         raise LakeError(f"no Delta table at {path}")
     dataset = table.to_pyarrow_dataset()
     if "text" not in dataset.schema.names:
-        raise LakeError(f"the table at {path} keeps no text (parquet.include_text was off): re-embed from the source")
+        raise LakeError(f"the table at {path} keeps no text: re-embed from the source")
     indexes = sorted(set(pc.unique(pa.table(table.get_add_actions(flatten=True))["partition.index"]).to_pylist()))
     sources = [i for i in indexes if i != exclude]
     if index is None and len(sources) == 1:
@@ -71,6 +71,10 @@ def export_documents(settings: EmbedworkerSettings, path: str, index: str | None
     if not fs.exists(done):
         rows = newest_records(dataset.to_table(columns=COLUMNS, filter=ds.field("index") == index))
         rows = rows.filter(pc.equal(rows["chunk"], 0))  # the text is on a document's first chunk
+        textless = rows.filter(pc.and_(pc.equal(rows["op"], "upsert"), pc.is_null(rows["text"]))).num_rows
+        if textless:
+            raise LakeError(f"{textless} documents of index {index!r} have no text in the lake (written with "
+                            "parquet.include_text off): re-embed them from their source")
         fs.makedirs(inner, exist_ok=True)
         for n, start in enumerate(range(0, max(rows.num_rows, 1), ROWS_PER_FILE)):
             with fs.open(f"{inner}/part-{n:05d}.jsonl", "w", encoding="utf-8") as f:

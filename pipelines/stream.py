@@ -27,6 +27,13 @@ log = logging.getLogger("embedworker.stream")
 ACTOR_PREFIX = "embedworker:"
 
 
+SETUP_ATTEMPTS = 5
+
+
+class ReplicaStartError(EmbedworkerError):
+    """A replica kept dying while it was set up: the stream could not start."""
+
+
 def _fatal_cause(exc: RayTaskError) -> EmbedworkerError | None:
     """The project's own error behind a failed actor call (bad config, credentials, model):
     restarting will not help, so the supervisor stops and reports it."""
@@ -103,18 +110,42 @@ class StreamSupervisor:
             for i in range(w.replicas)]
         # Load models and connect everywhere first, so the replicas join the consumer group
         # together instead of taking partitions from each other one by one.
-        try:
-            ray.get([a.setup.remote() for a in self.actors])
-        except RayTaskError as exc:
-            self.stop()
-            fatal = _fatal_cause(exc)
-            if fatal is not None:
-                raise fatal from None
-            raise
+        self._set_up_all()
         for i in range(w.replicas):
             self._start_run(i)
         log.info("started %d replica(s) (num_gpus=%s, num_cpus=%s) for topic %s, group %s", w.replicas, w.num_gpus,
                  w.num_cpus, self.settings.kafka.topic, self.settings.kafka.group_id)
+
+    def _set_up_all(self, attempts: int = SETUP_ATTEMPTS) -> None:
+        """Every replica's setup(), waited for together. A replica that dies meanwhile (its
+        process killed, its node lost, out of memory while the model loads) is restarted by Ray
+        and set up again, up to `attempts` times; the project's own errors (configuration,
+        credentials, model) stop at once, in one sentence."""
+        pending = {a.setup.remote(): i for i, a in enumerate(self.actors)}
+        tries = dict.fromkeys(range(len(self.actors)), 1)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                replica = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except RayTaskError as exc:
+                    self.stop()
+                    fatal = _fatal_cause(exc)
+                    if fatal is not None:
+                        raise fatal from None
+                    raise
+                except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+                    if tries[replica] >= attempts:
+                        self.stop()
+                        raise ReplicaStartError(f"replica {replica} died {attempts} times while it was set up "
+                                                f"(last: {type(exc).__name__}); see its log for why") from None
+                    tries[replica] += 1
+                    self.restarts += 1
+                    log.warning("replica %d died while it was set up (%s); Ray restarts it, setting it up again "
+                                "(attempt %d of %d)", replica, type(exc).__name__, tries[replica], attempts)
+                    time.sleep(0.5)  # the actor is coming back: calls made meanwhile fail at once
+                    pending[self.actors[replica].setup.remote()] = replica
 
     def _start_run(self, replica: int) -> None:
         self._runs[self.actors[replica].run.remote()] = replica

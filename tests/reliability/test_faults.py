@@ -61,6 +61,32 @@ def test_actor_killed_three_times_ray_restarts_it(ray_cluster, stream_settings, 
     stream.check(redis_client)
 
 
+def test_a_replica_killed_while_it_loads_the_model_is_set_up_again(ray_cluster, stream_settings, redis_client):
+    """kill -9 of a replica's process during setup(): Ray restarts it, the supervisor sets it up
+    again and the stream starts; every document once, lag 0."""
+    from workers.testing_workers import SlowSetupWorker
+
+    settings = stream_settings(workers={"replicas": 2, "num_gpus": 0, "num_cpus": 0.5, "drain_timeout_s": 30})
+    stream = Stream(settings, 500, seed=6)
+    stream.send()
+    supervisor = StreamSupervisor(settings, worker_class=SlowSetupWorker)
+    starting, started = run_in_thread(supervisor.start)
+    wait_until(lambda: len(supervisor.actors) == 2, timeout=60, message="the replicas to be created")
+    os.kill(ray.get(supervisor.actors[0].pid.remote(), timeout=30), signal.SIGKILL)  # mid setup (8 s)
+    starting.join(240)
+    assert "error" not in started, started.get("error")
+    assert supervisor.restarts >= 1
+    thread, box = run_in_thread(lambda: supervisor.supervise(poll_s=0.2))
+    try:
+        wait_until(lambda: all_committed(settings), timeout=180, message="everything committed",
+                   diagnose=lambda: f"committed {committed_offsets(settings)}, stats {supervisor.stats()}")
+    finally:
+        supervisor.request_stop()
+        thread.join(120)
+    assert "error" not in box, box.get("error")
+    stream.check(redis_client)
+
+
 def _write_config(settings, path, **extra) -> None:
     data = settings.model_dump(mode="json")
     for section, values in extra.items():

@@ -46,10 +46,12 @@ def app_id(index: str, topic: str, partition: int) -> str:
     return f"embedworker/{index}/{topic}/{partition}"
 
 
-def lake_schema(dim: int, include_text: bool) -> pa.Schema:
+def lake_schema(dim: int) -> pa.Schema:
+    """The table's columns: the Parquet schema, the document text (null unless
+    `parquet.include_text`; always a column, so writers with either setting share one schema),
+    and the partition columns."""
     base = parquet_schema(dim)
-    if include_text:
-        base = base.insert(base.get_field_index("title") + 1, pa.field("text", pa.string()))
+    base = base.insert(base.get_field_index("title") + 1, pa.field("text", pa.string()))
     return base.append(pa.field("index", pa.string())).append(pa.field("dt", pa.string()))
 
 
@@ -97,7 +99,7 @@ class DeltaLakeSink(ParquetSink):
         s = self.settings
         self._uri = s.path if "://" in s.path else os.path.abspath(s.path)
         self._storage = s.storage_options()
-        self._lake_schema = lake_schema(self.dim, s.include_text).with_metadata(self.schema.metadata)
+        self._lake_schema = lake_schema(self.dim).with_metadata(self.schema.metadata)
         self._writer_properties = WriterProperties(compression=COMPRESSION[s.compression])  # type: ignore[arg-type]
         # each commit says which model, revision, prefix and dimension made its vectors
         self._commit_meta = {k.decode(): v.decode() for k, v in (self.schema.metadata or {}).items()}
@@ -182,8 +184,8 @@ class DeltaLakeSink(ParquetSink):
         if day is None:
             day = (rows[0].ingested_at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d")
         columns = dict(zip(base.column_names, base.columns))
-        if self.settings.include_text:
-            columns["text"] = pa.array([r.text for r in rows], pa.string())
+        columns["text"] = pa.array([r.text for r in rows] if self.settings.include_text else [None] * len(rows),
+                                   pa.string())
         columns["index"] = pa.array([self.index] * len(rows), pa.string())
         columns["dt"] = pa.array([day] * len(rows), pa.string())
         return pa.Table.from_arrays([columns[f.name] for f in self._lake_schema], schema=self._lake_schema)
