@@ -76,12 +76,20 @@ def cmd_run(args) -> int:
     if note:
         log.warning(note)
     supervisor = StreamSupervisor(settings)
-    init_ray(settings)
+    try:
+        init_ray(settings)
+    except SystemExit as exc:  # Ray's own handler, active while ray.init runs, exits with the signal number
+        if exc.code != signal.SIGTERM:
+            raise
+        early.append(signal.SIGTERM)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
-    if early:
-        log.info("stop requested during start-up: draining")
-        supervisor.request_stop()
+    if early:  # nothing consumed yet: nothing to drain
+        log.info("a stop was requested during start-up, before any replica started: stopped")
+        import ray
+
+        ray.shutdown()
+        return 0
     supervisor.start()
     results = supervisor.supervise()
     log.info("stopped: %s", results)

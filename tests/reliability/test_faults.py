@@ -87,6 +87,19 @@ def test_a_replica_killed_while_it_loads_the_model_is_set_up_again(ray_cluster, 
     stream.check(redis_client)
 
 
+@pytest.mark.parametrize("delay_s", [0.3, 2.0, 6.0])
+def test_sigterm_at_any_moment_of_the_start_exits_0(stream_settings, tmp_path, delay_s):
+    """While the driver imports, starts Ray or sets up its replicas: a SIGTERM is a clean stop."""
+    settings = stream_settings(workers={"replicas": 1, "num_gpus": 0, "num_cpus": 1})
+    config = tmp_path / "run.yaml"
+    _write_config(settings, config, ray={"num_cpus": 2})
+    Stream(settings, 20, n_bad=0, seed=7).send()
+    with open(tmp_path / "driver.log", "w") as log, _running_driver(config, log) as driver:
+        time.sleep(delay_s)
+        code = _stop_driver(driver)
+    assert code == 0, (tmp_path / "driver.log").read_text()[-3000:]
+
+
 def _write_config(settings, path, **extra) -> None:
     data = settings.model_dump(mode="json")
     for section, values in extra.items():
