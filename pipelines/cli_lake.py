@@ -39,8 +39,11 @@ def add_commands(sub, command, settings_of) -> None:
     def restore(args) -> int:
         from pipelines.backfill import switch_alias
         from pipelines.restore import restore_index
+        from pipelines.stream import resolve_model
 
-        settings = settings_of(args)
+        settings, note = resolve_model(settings_of(args))  # the index is named after the model used
+        if note:
+            err_console.print(note, style="yellow", highlight=False)
         columns = [TextColumn("[bold]restore"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=err_console, disable=args.json) as progress:
             task = progress.add_task("restore", total=None)
