@@ -12,6 +12,7 @@ version, with every row once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -32,8 +33,6 @@ class LakeError(EmbedworkerError):
 
 
 def uri_of(settings: EmbedworkerSettings) -> str:
-    import os
-
     path = settings.parquet.path
     return path if "://" in path else os.path.abspath(path)
 

@@ -25,7 +25,7 @@ def vector(seed: int) -> np.ndarray:
 
 def test_another_model_prefix_or_quantization_is_refused(kafka_bootstrap, redis_url, redis_client, tiny_model_dir,
                                                          tmp_path, unique):
-    settings = make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique, redis={"index": "shared"})
+    settings = make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique, redis={"index": "common"})
     first = RedisVectorSetSink(settings.redis, "tiny", "org/model-a", 32, "passage: ")
     first.setup()
     first.write([SinkRecord(id="a-1", op="upsert", topic="t", partition=0, offset=0, vector=vector(1))])
@@ -48,7 +48,7 @@ def test_another_model_prefix_or_quantization_is_refused(kafka_bootstrap, redis_
             sink.setup()
         for word in words:
             assert word in str(info.value)
-        assert f"test{unique}:shared" in str(info.value)
+        assert f"test{unique}:common" in str(info.value)
     assert redis_client.hgetall(meta_key) == meta_before
     assert redis_client.execute_command("VCARD", first.index.shard_keys()[0]) == 1
 

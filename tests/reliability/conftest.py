@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -92,6 +93,24 @@ def stream_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique
     def build(**overrides):
         return make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique, **overrides)
     return build
+
+
+@contextlib.contextmanager
+def supervising(supervisor):
+    """The supervisor's loop in a thread for the block; then it stops and drains, and what the
+    loop raised fails the test."""
+    thread, box = run_in_thread(lambda: supervisor.supervise(poll_s=0.2))
+    try:
+        yield
+    finally:
+        supervisor.request_stop()
+        thread.join(120)
+    assert "error" not in box, box.get("error")
+
+
+def wait_all_committed(settings, supervisor, timeout: float = 180) -> None:
+    wait_until(lambda: all_committed(settings), timeout=timeout, message="everything committed",
+               diagnose=lambda: f"committed {committed_offsets(settings)}, stats {supervisor.stats()}")
 
 
 def run_in_thread(target) -> tuple[threading.Thread, dict]:

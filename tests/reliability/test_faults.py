@@ -19,7 +19,15 @@ import yaml
 from pipelines.stream import StreamSupervisor
 from tests.helpers import WorkerThread, all_committed, committed_offsets, header, produce, read_dlq, read_parquet
 from tests.hostile import bad_records, tricky_valid_records
-from tests.reliability.conftest import REPO, Stream, run_in_thread, service, wait_until
+from tests.reliability.conftest import (
+    REPO,
+    Stream,
+    run_in_thread,
+    service,
+    supervising,
+    wait_all_committed,
+    wait_until,
+)
 from workers.sinks.vector_sets import VectorSetIndex
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -31,7 +39,6 @@ def test_actor_killed_three_times_ray_restarts_it(ray_cluster, stream_settings, 
     stream.send(600)
     supervisor = StreamSupervisor(settings)
     supervisor.start()
-    thread, box = run_in_thread(lambda: supervisor.supervise(poll_s=0.2))
     recoveries = []
 
     def serving(actor, old_pid) -> bool:
@@ -40,7 +47,7 @@ def test_actor_killed_three_times_ray_restarts_it(ray_cluster, stream_settings, 
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
             return False
 
-    try:
+    with supervising(supervisor):
         for kill in range(3):
             wait_until(lambda kill=kill: stream.committed() > 100 * (kill + 1), timeout=90, message="progress before a kill")
             victim = supervisor.actors[kill % 2]
@@ -51,12 +58,7 @@ def test_actor_killed_three_times_ray_restarts_it(ray_cluster, stream_settings, 
             wait_until(lambda victim=victim, pid=pid: serving(victim, pid), timeout=120, message="the restarted actor to serve again")
             recoveries.append(round(time.monotonic() - killed_at, 1))
         stream.send()
-        wait_until(lambda: all_committed(settings), timeout=180, message="everything committed",
-                   diagnose=lambda: f"committed {committed_offsets(settings)}, stats {supervisor.stats()}")
-    finally:
-        supervisor.request_stop()
-        thread.join(120)
-    assert "error" not in box, box.get("error")
+        wait_all_committed(settings, supervisor)
     print(f"\nactor kill -9 x3: back in service after {recoveries} s")
     stream.check(redis_client)
 
@@ -76,14 +78,8 @@ def test_a_replica_killed_while_it_loads_the_model_is_set_up_again(ray_cluster, 
     starting.join(240)
     assert "error" not in started, started.get("error")
     assert supervisor.restarts >= 1
-    thread, box = run_in_thread(lambda: supervisor.supervise(poll_s=0.2))
-    try:
-        wait_until(lambda: all_committed(settings), timeout=180, message="everything committed",
-                   diagnose=lambda: f"committed {committed_offsets(settings)}, stats {supervisor.stats()}")
-    finally:
-        supervisor.request_stop()
-        thread.join(120)
-    assert "error" not in box, box.get("error")
+    with supervising(supervisor):
+        wait_all_committed(settings, supervisor)
     stream.check(redis_client)
 
 

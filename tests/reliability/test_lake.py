@@ -19,8 +19,8 @@ from deltalake import DeltaTable
 from pipelines import lake
 from pipelines.backfill import BackfillJob
 from pipelines.stream import StreamSupervisor
-from tests.helpers import all_committed, committed_offsets, read_parquet, wait_until
-from tests.reliability.conftest import Stream, run_in_thread
+from tests.helpers import committed_offsets, read_parquet, wait_until
+from tests.reliability.conftest import Stream, supervising, wait_all_committed
 from workers.sinks.base import SinkRecord
 
 pytestmark = pytest.mark.integration
@@ -33,18 +33,12 @@ def test_two_replicas_on_s3_with_a_kill_write_every_record_once(ray_cluster, str
     stream.send(400)
     supervisor = StreamSupervisor(settings)
     supervisor.start()
-    thread, box = run_in_thread(lambda: supervisor.supervise(poll_s=0.2))
-    try:
+    with supervising(supervisor):
         wait_until(lambda: stream.committed() > 150, timeout=120, message="progress before the kill")
         victim = supervisor.actors[1]
         os.kill(ray.get(victim.pid.remote(), timeout=30), signal.SIGKILL)
         stream.send()
-        wait_until(lambda: all_committed(settings), timeout=240, message="everything committed",
-                   diagnose=lambda: f"committed {committed_offsets(settings)}, stats {supervisor.stats()}")
-    finally:
-        supervisor.request_stop()
-        thread.join(120)
-    assert "error" not in box, box.get("error")
+        wait_all_committed(settings, supervisor, timeout=240)
     stream.check(redis_client)  # Redis and the lake on S3: every valid record exactly once
 
     status = lake.lake_status(settings, settings.kafka.topic, [0, 1, 2, 3])

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -125,15 +126,9 @@ def test_a_folder_of_plain_files_or_a_newer_table_is_refused(tmp_path):
         sink(tmp_path / "plain")
 
     newer = tmp_path / "newer"
-    write_deltalake(str(newer), rows_of_newer_table(), description="embedworker vector lake, schema 9")
+    write_deltalake(str(newer), pa.table({"id": ["x"]}), description="embedworker vector lake, schema 9")
     with pytest.raises(LakeFormatError, match="newer embedworker"):
         sink(newer)
-
-
-def rows_of_newer_table():
-    import pyarrow as pa
-
-    return pa.table({"id": ["x"]})
 
 
 def test_compaction_while_a_stream_writes_and_a_reader_reads_shows_every_row_once(tmp_path):

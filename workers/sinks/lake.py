@@ -191,9 +191,8 @@ class DeltaLakeSink(ParquetSink):
         return pa.Table.from_arrays([columns[f.name] for f in self._lake_schema], schema=self._lake_schema)
 
 
-def _version(table: DeltaTable | None, app: str) -> int:
-    if table is None:
-        return -1
+def _version(table: DeltaTable, app: str) -> int:
+    """The last offset the table holds for an app id; -1 when it has none."""
     v = table.transaction_version(app)
     return -1 if v is None else int(v)
 
