@@ -20,7 +20,11 @@ pid_alive() {
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
   state="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null)"
   [ "$state" != "Z" ] || return 1
-  { tr '\0' '\n' < "/proc/$pid/cmdline"; tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null | grep -F -- "$marker" >/dev/null
+  { tr '\0' '\n' < "/proc/$pid/cmdline"; tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null | grep -F -- "$marker" >/dev/null \
+    && return 0
+  # redis-server rewrites its title over argv and environ, cutting a deep checkout's config path
+  # (the marker) short: there the marker is the config file and the server's cwd is its folder.
+  [ "${marker#/}" != "$marker" ] && [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(dirname "$marker")" ]
 }
 
 # stop_pid PIDFILE MARKER NAME: SIGTERM, wait up to 30 s, then SIGKILL; only the pid we started.
