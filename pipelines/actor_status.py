@@ -3,7 +3,7 @@
 `embedworker run` names each replica `embedworker:<group>:<replica>:<run id>` in the configured
 Ray namespace. This module connects to that Ray cluster as a short-lived second driver, finds
 the replicas of the configured group and asks each for its stats (state, docs/s over the last
-minute, lag, counts). Without a reachable Ray cluster it says so instead of failing.
+minute, lag, counts) and the group's scaling state (desired and running replicas). Without a reachable Ray cluster it says so instead of failing.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             return {"error": f"no Ray cluster at {settings.ray.address or 'auto'}: {exc}".splitlines()[0]}
     try:
-        actors = []
+        actors, scaling = [], None
         for replica, name in replica_actor_names(settings):
             entry = {"replica": replica, "name": name}
             try:
@@ -56,10 +56,13 @@ def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
                              stalled_s=stats.get("stalled_s", 0.0), device=stats.get("device"),
                              dlq_unacked=stats.get("dlq_unacked", 0), dlq_unacked_s=stats.get("dlq_unacked_s", 0.0),
                              dlq_error=stats.get("dlq_error"), source_error=stats.get("source_error"), up=True)
+                told = stats.get("scaling")
+                if told and (scaling is None or told["at"] > scaling["at"]):
+                    scaling = told  # the newest the supervisor told any replica
             except (ValueError, GetTimeoutError, RayActorError, ActorDiedError, ActorUnavailableError) as exc:
                 entry.update(state=f"unavailable ({type(exc).__name__})", up=False)
             actors.append(entry)
-        return {"actors": actors}
+        return {"actors": actors, "scaling": scaling}
     finally:
         if connected_here:
             ray.shutdown()

@@ -62,12 +62,12 @@ def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
     except KafkaError as exc:
         return {"error": kafka_error_message(exc, k)}
     try:
-        first = _offsets(admin, k)
+        first = group_offsets(admin, k)
         t0 = time.monotonic()
         second = first
         if window_s > 0:
             time.sleep(window_s)
-            second = _offsets(admin, k)
+            second = group_offsets(admin, k)
         elapsed = max(1e-6, time.monotonic() - t0)
         ends, committed = second
         partitions = []
@@ -92,7 +92,7 @@ def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
         admin.close()
 
 
-def _offsets(admin: KafkaAdminClient, k) -> tuple[dict[int, int], dict[int, int]]:
+def group_offsets(admin: KafkaAdminClient, k) -> tuple[dict[int, int], dict[int, int]]:
     _, ends = topic_offsets(admin, k.topic)
     # A group that does not exist has no offsets (an empty answer); an error is not "nothing
     # committed" and propagates, so an unreachable coordinator never reads as growing lag. A
@@ -182,9 +182,20 @@ def parquet_status(settings: EmbedworkerSettings, topic: str | None = None, part
 DLQ_STUCK_S = 30.0  # a rejection unacknowledged this long is a problem (one resend period)
 
 
+def expected_replicas(report: dict, settings: EmbedworkerSettings) -> int:
+    """How many replicas should be in the consumer group: those the supervisor last said run
+    (a replica removed on purpose, or one still starting, is not missing); without word from it,
+    `workers.replicas`, or `autoscale.min_replicas` when autoscaling."""
+    scaling = (report.get("actors") or {}).get("scaling")
+    if scaling:
+        return scaling["running"]
+    w = settings.workers
+    return w.autoscale.min_replicas if w.autoscale.enabled else w.replicas
+
+
 def health(report: dict, replicas: int) -> list[str]:
     """Why the pipeline is unhealthy (empty when it is fine): a service that does not answer,
-    lag that grew over the window, fewer live replicas than configured, a replica whose rejected
+    lag that grew over the window, fewer live replicas than should run, a replica whose rejected
     records the DLQ does not take (for longer than DLQ_STUCK_S) or whose polls fail."""
     problems = []
     k = report["kafka"]
@@ -226,5 +237,5 @@ def collect_status(settings: EmbedworkerSettings, window_s: float = 0.0, actors:
 
         report["actors"] = actor_status(settings)
     if check_health:
-        report["problems"] = health(report, settings.workers.replicas)
+        report["problems"] = health(report, expected_replicas(report, settings))
     return report

@@ -19,8 +19,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.lake import AutoCompactor
+from pipelines.scaling import ReplicaScaling
 from workers.encoding.model_files import read_model_files
 from workers.errors import EmbedworkerError, ModelNotFoundError
+from workers.kafka.source import leave_group
 from workers.worker import EmbeddingWorker
 
 log = logging.getLogger("embedworker.stream")
@@ -87,68 +89,157 @@ def actor_name(settings: EmbedworkerSettings, replica: int, run_id: str) -> str:
 
 
 class StreamSupervisor:
+    """Replicas are keyed by index (0, 1, ...): the index names the actor, the Kafka client id
+    and the static group member, so a restarted or re-added replica takes the same place."""
+
     def __init__(self, settings: EmbedworkerSettings, stop_offsets: dict[str, int] | None = None,
                  worker_class: type = EmbeddingWorker):
         self.settings = settings
         self.worker_class = worker_class  # benchmarks pass a subclass (e.g. with a stub forward)
         self.stop_offsets = stop_offsets  # bounded replays: "topic:partition" -> end offset
-        self.actors: list = []
-        self._runs: dict = {}          # run ref -> replica index
+        self.actors: dict[int, object] = {}  # replica -> actor handle (starting, running or draining)
+        self._runs: dict = {}          # run ref -> replica
+        self._setups: dict = {}        # setup ref -> replica, for replicas added while running
+        self._draining: dict = {}      # run ref -> (replica, deadline), for replicas being removed
+        self._setup_tries: dict[int, int] = {}
         self._stop = threading.Event()
         self._last_failure: dict[int, float] = {}
         self.restarts = 0
         self.run_id = uuid.uuid4().hex[:8]
+        self.scaling = ReplicaScaling(self)
+        self._requested: int | None = None  # scale_to()'s count, applied by the supervise loop
+
+    @property
+    def running(self) -> int:
+        """Replicas that run or are being set up (those being removed do not count)."""
+        return len(self.actors) - len(self._draining)
 
     def start(self) -> None:
         init_ray(self.settings)
         w = self.settings.workers
-        actor_class = ray.remote(self.worker_class)
-        kwargs = self.settings.worker_kwargs()
-        self.actors = [actor_class.options(
-            name=actor_name(self.settings, i, self.run_id), num_gpus=w.num_gpus, num_cpus=w.num_cpus,
-            max_restarts=w.max_restarts, max_concurrency=4).remote(**kwargs, replica=i, stop_offsets=self.stop_offsets)
-            for i in range(w.replicas)]
+        count = w.autoscale.min_replicas if w.autoscale.enabled else w.replicas
+        for i in range(count):
+            self._new_actor(i)
         # Load models and connect everywhere first, so the replicas join the consumer group
         # together instead of taking partitions from each other one by one.
         self._set_up_all()
-        for i in range(w.replicas):
+        for i in range(count):
             self._start_run(i)
-        log.info("started %d replica(s) (num_gpus=%s, num_cpus=%s) for topic %s, group %s", w.replicas, w.num_gpus,
-                 w.num_cpus, self.settings.kafka.topic, self.settings.kafka.group_id)
+        self.scaling.setup()
+        log.info("started %d replica(s) (num_gpus=%s, num_cpus=%s) for topic %s, group %s%s", count, w.num_gpus,
+                 w.num_cpus, self.settings.kafka.topic, self.settings.kafka.group_id,
+                 f"; autoscaling between {w.autoscale.min_replicas} and {w.autoscale.max_replicas}"
+                 if w.autoscale.enabled else "")
 
-    def _set_up_all(self, attempts: int = SETUP_ATTEMPTS) -> None:
-        """Every replica's setup(), waited for together. A replica that dies meanwhile (its
-        process killed, its node lost, out of memory while the model loads) is restarted by Ray
-        and set up again, up to `attempts` times; the project's own errors (configuration,
-        credentials, model) stop at once, in one sentence."""
-        pending = {a.setup.remote(): i for i, a in enumerate(self.actors)}
-        tries = dict.fromkeys(range(len(self.actors)), 1)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+    def _new_actor(self, replica: int):
+        w = self.settings.workers
+        actor_class = ray.remote(self.worker_class)
+        self.actors[replica] = actor_class.options(
+            name=actor_name(self.settings, replica, self.run_id), num_gpus=w.num_gpus, num_cpus=w.num_cpus,
+            max_restarts=w.max_restarts, max_concurrency=4).remote(
+                **self.settings.worker_kwargs(), replica=replica, stop_offsets=self.stop_offsets)
+        self._setup_tries[replica] = 1
+        return self.actors[replica]
+
+    def _set_up_all(self) -> None:
+        """Every replica's setup(), waited for together (see `_setup_finished`)."""
+        self._setups = {a.setup.remote(): i for i, a in self.actors.items()}
+        while self._setups:
+            done, _ = ray.wait(list(self._setups), num_returns=1)
             for ref in done:
-                replica = pending.pop(ref)
-                try:
-                    ray.get(ref)
-                except RayTaskError as exc:
-                    self.stop()
-                    fatal = _fatal_cause(exc)
-                    if fatal is not None:
-                        raise fatal from None
-                    raise
-                except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
-                    if tries[replica] >= attempts:
-                        self.stop()
-                        raise ReplicaStartError(f"replica {replica} died {attempts} times while it was set up "
-                                                f"(last: {type(exc).__name__}); see its log for why") from None
-                    tries[replica] += 1
-                    self.restarts += 1
-                    log.warning("replica %d died while it was set up (%s); Ray restarts it, setting it up again "
-                                "(attempt %d of %d)", replica, type(exc).__name__, tries[replica], attempts)
-                    time.sleep(0.5)  # the actor is coming back: calls made meanwhile fail at once
-                    pending[self.actors[replica].setup.remote()] = replica
+                self._setup_finished(ref)
+
+    def _setup_finished(self, ref) -> int | None:
+        """A replica's setup() returned. A replica that died meanwhile (its process killed, its
+        node lost, out of memory while the model loads) is restarted by Ray and set up again, up
+        to SETUP_ATTEMPTS times; the project's own errors (configuration, credentials, model)
+        stop the stream at once, in one sentence. The replica, when it is ready."""
+        replica = self._setups.pop(ref)
+        if replica not in self.actors:
+            return None  # removed while it was set up
+        try:
+            ray.get(ref)
+            return replica
+        except RayTaskError as exc:
+            self.stop()
+            fatal = _fatal_cause(exc)
+            if fatal is not None:
+                raise fatal from None
+            raise
+        except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
+            tries = self._setup_tries[replica]
+            if tries >= SETUP_ATTEMPTS:
+                self.stop()
+                raise ReplicaStartError(f"replica {replica} died {tries} times while it was set up "
+                                        f"(last: {type(exc).__name__}); see its log for why") from None
+            self._setup_tries[replica] = tries + 1
+            self.restarts += 1
+            log.warning("replica %d died while it was set up (%s); Ray restarts it, setting it up again "
+                        "(attempt %d of %d)", replica, type(exc).__name__, tries + 1, SETUP_ATTEMPTS)
+            time.sleep(0.5)  # the actor is coming back: calls made meanwhile fail at once
+            self._setups[self.actors[replica].setup.remote()] = replica
+            return None
 
     def _start_run(self, replica: int) -> None:
         self._runs[self.actors[replica].run.remote()] = replica
+
+    def scale_to(self, replicas: int) -> None:
+        """Thread-safe: the supervise loop adds or drains replicas until `replicas` run (the
+        autoscaler decides the same way; an operator or a test may ask directly)."""
+        self._requested = max(1, replicas)
+
+    def _apply_requested(self) -> None:
+        wanted, self._requested = self._requested, None
+        if wanted is None:
+            return
+        while self.running < wanted:
+            self.add_replica()
+        while self.running > wanted and self.remove_replica() is not None:
+            pass
+
+    def add_replica(self) -> int:
+        """Start one more replica (the lowest free index) while the others run: it is set up in
+        the background and starts consuming when ready. Ray places it (on KubeRay a pending
+        GPU actor makes the autoscaler add a node)."""
+        replica = next(i for i in range(len(self.actors) + 1) if i not in self.actors)
+        self._setups[self._new_actor(replica).setup.remote()] = replica
+        return replica
+
+    def remove_replica(self) -> int | None:
+        """Drain the highest-numbered replica (stop polling, finish, flush, commit, leave the
+        group); it is removed when its drain returns. One still being set up is removed at once."""
+        candidates = [i for i in self.actors if i not in self._draining_replicas()]
+        if len(candidates) <= 1:
+            return None
+        replica = max(candidates)
+        actor = self.actors[replica]
+        run = next((ref for ref, r in self._runs.items() if r == replica), None)
+        if run is None:  # still being set up: it never polled, so it holds no partitions
+            del self.actors[replica]
+            ray.kill(actor, no_restart=True)
+            return replica
+        del self._runs[run]
+        actor.stop.remote()
+        self._draining[run] = (replica, time.monotonic() + self.settings.workers.drain_timeout_s + 30)
+        return replica
+
+    def _draining_replicas(self) -> set[int]:
+        return {r for r, _ in self._draining.values()}
+
+    def _drain_finished(self, ref) -> None:
+        """A removed replica's run returned: drained, it left the group itself. If it died or did
+        not finish in time, its static membership is ended here, so its partitions move now."""
+        replica, _ = self._draining.pop(ref)
+        actor = self.actors.pop(replica, None)
+        try:
+            stats = ray.get(ref, timeout=0)
+            log.info("replica %d removed after draining: written %s", replica, stats.get("written"))
+        except (GetTimeoutError, RayActorError, RayTaskError, ActorDiedError, ActorUnavailableError) as exc:
+            log.warning("replica %d did not drain (%s); its uncommitted records will be read again by the others",
+                        replica, type(exc).__name__)
+            leave_group(self.settings.kafka, [replica])
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
 
     def request_stop(self) -> None:
         """Thread- and signal-safe: the supervise loop drains and returns."""
@@ -156,15 +247,29 @@ class StreamSupervisor:
 
     def supervise(self, until=None, poll_s: float = 1.0) -> list[dict]:
         """Watch the replicas until request_stop() (or `until()` returns True); then drain them.
-        Restarts a replica's run after its actor died; raises the first fatal error."""
+        Restarts a replica's run after its actor died, sets up added replicas, finishes removed
+        ones, scales; raises the first fatal error."""
         last_summary = time.monotonic()
         last_counts: dict = {}
         compactor = AutoCompactor(self.settings)
         maintenance: threading.Thread | None = None
         while not self._stop.is_set() and not (until and until()):
-            done, _ = ray.wait(list(self._runs), num_returns=1, timeout=poll_s)
+            refs = [*self._runs, *self._setups, *self._draining]
+            done, _ = ray.wait(refs, num_returns=1, timeout=poll_s) if refs else ([], time.sleep(poll_s))
             for ref in done:
-                self._handle_finished(ref)
+                if ref in self._runs:
+                    self._handle_finished(ref)
+                elif ref in self._setups:
+                    ready = self._setup_finished(ref)
+                    if ready is not None:
+                        self._start_run(ready)
+                elif ref in self._draining:
+                    self._drain_finished(ref)
+            for ref, (_, deadline) in list(self._draining.items()):
+                if time.monotonic() > deadline:
+                    self._drain_finished(ref)
+            self._apply_requested()
+            self.scaling.tick()
             if compactor.due() and (maintenance is None or not maintenance.is_alive()):
                 # the lake's closed days compacted beside the stream (parquet.compact_after_days)
                 maintenance = threading.Thread(target=compactor.tick, name="lake-compaction", daemon=True)
@@ -214,32 +319,42 @@ class StreamSupervisor:
         return counts
 
     def stats(self, timeout: float = 10.0) -> list[dict]:
+        """Every replica's stats, asked together; one that does not answer in `timeout` is
+        "unavailable"."""
+        refs = {i: actor.stats.remote() for i, actor in sorted(self.actors.items())}
+        if refs:
+            ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
         out = []
-        for i, actor in enumerate(self.actors):
+        for i, ref in refs.items():
             try:
-                out.append(ray.get(actor.stats.remote(), timeout=timeout))
+                out.append(ray.get(ref, timeout=0))
             except (GetTimeoutError, RayActorError, ActorDiedError, ActorUnavailableError) as exc:
                 out.append({"replica": i, "state": f"unavailable ({type(exc).__name__})"})
         return out
 
     def stop(self) -> list[dict]:
-        """Drain every replica (stop polling, finish, flush, commit) and return their final stats."""
+        """Drain every replica (stop polling, finish, flush, commit, leave the group) and return
+        their final stats. Replicas still being set up are stopped at once."""
         self._stop.set()
-        for actor in self.actors:
+        for actor in self.actors.values():
             try:
                 actor.stop.remote()
             except RayActorError:
                 pass
         timeout = self.settings.workers.drain_timeout_s + 30
         results = []
-        for ref, replica in list(self._runs.items()):
+        runs = {**self._runs, **{ref: replica for ref, (replica, _) in self._draining.items()}}
+        for ref, replica in runs.items():
             try:
                 results.append(ray.get(ref, timeout=timeout))
             except (GetTimeoutError, RayActorError, RayTaskError) as exc:
                 log.error("replica %d did not drain cleanly: %s", replica, exc)
                 results.append({"replica": replica, "state": f"failed ({type(exc).__name__})"})
         self._runs.clear()
-        for actor in self.actors:
+        self._draining.clear()
+        self._setups.clear()
+        for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.actors = {}
+        self.scaling.close()
         return results

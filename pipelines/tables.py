@@ -74,7 +74,13 @@ def status_view(report: dict) -> Group:
     if a is not None and "error" in a:
         parts.append(Text(f"replicas: {a['error']}", style="yellow"))
     elif a is not None:
-        table = Table(title="replicas (through Ray)")
+        sc = a.get("scaling")
+        title = "replicas (through Ray)" if not sc else (
+            f"replicas (through Ray): {sc['running']} running, {sc['desired']} desired"
+            + (f", {sc['starting']} starting" if sc.get("starting") else "")
+            + (f", {sc['draining']} draining" if sc.get("draining") else "")
+            + (f"; last change: {sc['last_change']}" if sc.get("autoscale") else ""))
+        table = Table(title=title)
         for col in ("replica", "state", "docs/s (1 min)", "lag", "written", "rejected", "in flight", "input", "device"):
             table.add_column(col, justify="right" if col not in ("state", "input", "device") else "left")
         for r in a["actors"]:

@@ -120,6 +120,7 @@ class EncodeStage:
                 add(_ChunkRef(states[doc_index], chunk, ids), len(ids), now)
 
     def _encode(self, batches) -> None:
+        started = time.perf_counter()
         launched = None
         for batch in batches:
             t0 = time.perf_counter()
@@ -129,6 +130,7 @@ class EncodeStage:
             launched = (batch, handle, t0)
         if launched is not None:
             self._finish(*launched)
+        self.metrics.encode_busy(time.perf_counter() - started)
 
     def _finish(self, batch, handle, t0: float) -> None:
         vectors = self.encoder.collect(handle)

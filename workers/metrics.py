@@ -78,6 +78,9 @@ class WorkerMetrics:
         self._real_tokens = 0
         self._padded_tokens = 0
         self.counts = {"consumed": 0, "embedded": 0, "rejected": 0, "deleted": 0, "written": 0, "batches": 0}
+        # Seconds the encode and sink threads spent working: with `written`, the autoscaler's
+        # processing rate of a replica that is not saturated (pipelines/autoscale.py).
+        self.busy_s = {"encode": 0.0, "sink": 0.0}
         self.started = time.time()
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, documents written)
         self._recent_lock = threading.Lock()  # the sink thread appends, stats() reads
@@ -112,8 +115,14 @@ class WorkerMetrics:
         self._padding.set(self._padded_tokens / max(1, self._real_tokens) - 1)
         self.counts["batches"] += 1
 
+    def encode_busy(self, seconds: float) -> None:
+        """The encode thread worked this long on a round of batches (launches overlap, so the
+        batches' own seconds would count some time twice)."""
+        self.busy_s["encode"] += seconds
+
     def sink_write(self, sink: str, records: int, seconds: float) -> None:
         self._sink.labels(self.replica, sink).observe(seconds)
+        self.busy_s["sink"] += seconds
         if records:
             self._written.labels(self.replica, sink).inc(records)
 
@@ -159,4 +168,6 @@ class WorkerMetrics:
         out["uptime_s"] = round(time.time() - self.started, 1)
         out["docs_per_s_1m"] = round(self.rate_1m(), 2)
         out["lag"] = sum(self._last_lag.values())
+        out["encode_busy_s"] = round(self.busy_s["encode"], 3)
+        out["sink_busy_s"] = round(self.busy_s["sink"], 3)
         return out

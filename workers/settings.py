@@ -134,13 +134,24 @@ class KafkaSettings(_Section):
     client_id: str = "embedworker"
     max_poll_records: int = Field(500, gt=0)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    session_timeout_ms: int = Field(10_000, ge=6_000)
+    # With static membership, how long a killed replica's partitions wait for its restart
+    # (process, imports, model) before they move to the others: keep it above a restart's time.
+    session_timeout_ms: int = Field(30_000, ge=6_000)
     request_timeout_ms: int = Field(30_000, gt=0)
     commit_interval_ms: int = Field(1000, ge=0)
     metadata_max_age_ms: int = Field(30_000, ge=1000)  # how soon new partitions (and topics) are noticed
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0)
     replication_factor: int = Field(1, ge=1)          # of the topics the project creates (produce, DLQ)
     min_insync_replicas: int | None = Field(None, ge=1)  # their min.insync.replicas (None: the broker's)
+    # Static membership (KIP-345): replica i joins as group.instance.id `{instance_prefix}-{i}`, so a
+    # restarted replica takes its partitions back without a rebalance. Two drivers on one group
+    # need different prefixes (the newer one fences the older); None: the group id.
+    static_membership: bool = True
+    instance_prefix: str | None = None
+
+    def group_instance_id(self, replica: int) -> str | None:
+        """The group.instance.id of replica `replica`, None without static membership."""
+        return f"{self.instance_prefix or self.group_id}-{replica}" if self.static_membership else None
 
     @field_validator("topic", "group_id")
     @classmethod
@@ -266,8 +277,25 @@ class RedisSettings(_Section):
         return v
 
 
+class AutoscaleSettings(_Section):
+    """Replicas follow the backlog (see pipelines/autoscale.py for the formula)."""
+    enabled: bool = False
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(4, ge=1)
+    catch_up_s: float = Field(60, gt=0)           # the backlog should be gone within this
+    scale_down_after_s: float = Field(120, ge=0)  # fewer replicas only after this long wanting fewer
+    cooldown_s: float = Field(30, ge=0)           # between two changes
+    interval_s: float = Field(5, gt=0)            # how often rates and lag are measured
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> AutoscaleSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
 class WorkersSettings(_Section):
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1)  # the fixed count when autoscale is off
     num_gpus: float = Field(1, ge=0)
     num_cpus: float = Field(1, ge=0)
     max_in_flight: int = Field(4096, gt=0)                       # documents polled, not yet written
@@ -276,6 +304,8 @@ class WorkersSettings(_Section):
     max_restarts: int = Field(-1, ge=-1)
     drain_timeout_s: float = Field(60, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)  # prometheus_client port of replica 0 (+index)
+    supervisor_metrics_port: int | None = Field(None, ge=0, le=65535)  # the driver's (replica counts)
+    autoscale: AutoscaleSettings = AutoscaleSettings()
 
 
 def model_slug(name: str) -> str:

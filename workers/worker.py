@@ -77,6 +77,7 @@ class EmbeddingWorker:
         self._stop = threading.Event()
         self._ready = False
         self._state = "created"
+        self._scaling: dict | None = None  # the group's scaling state, from the supervisor
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class EmbeddingWorker:
         if not self._ready:
             self.setup()
         last_commit = last_lag = last_resend = 0.0
+        drained = False
         commit_every = self.kafka_settings.commit_interval_ms / 1000.0
         try:
             while not self._stop.is_set():
@@ -150,9 +152,11 @@ class EmbeddingWorker:
                     self.dlq.resend_unacked()
                     self.metrics.dlq_unacked.set(self.dlq.unacked()[0])
                     last_resend = now
-            return self._drain()
+            stats = self._drain()
+            drained = True
+            return stats
         finally:
-            self._close()
+            self._close(leave=drained)
 
     def stop(self) -> None:
         """Ask run() to drain and return (thread-safe; called from the supervisor)."""
@@ -161,12 +165,17 @@ class EmbeddingWorker:
     def ready(self) -> bool:
         return self._ready
 
+    def set_scaling(self, state: dict) -> None:
+        """The supervisor tells every replica the group's desired and running replica counts
+        (after each change), so `status` can tell a replica removed on purpose from a lost one."""
+        self._scaling = state
+
     def pid(self) -> int:
         """The process id (for operators and fault-injection tests)."""
         return os.getpid()
 
     def stats(self) -> dict:
-        out: dict[str, Any] = {"replica": self.replica, "state": self._state}
+        out: dict[str, Any] = {"replica": self.replica, "state": self._state, "scaling": self._scaling}
         if self._ready:
             dlq_unacked, dlq_waited_s = self.dlq.unacked()
             out.update(self.metrics.snapshot())
@@ -325,13 +334,16 @@ class EmbeddingWorker:
         log.info("replica %s drained: %s", self.replica, stats)
         return stats
 
-    def _close(self) -> None:
+    def _close(self, leave: bool = False) -> None:
+        """Close everything. `leave` after a drain: the consumer leaves the
+        group at once, so the partitions move to the other replicas now; after a failure it
+        stays a member until the session times out (a restart takes its partitions back)."""
         self._ready = False
         for name in ("sink_stage", "dlq", "source"):
             part = getattr(self, name, None)
             if part is not None:
                 try:
-                    part.close()
+                    part.close(leave=leave) if name == "source" else part.close()
                 except Exception as exc:  # noqa: BLE001 - closing is best effort
                     log.warning("closing %s: %s", name, exc)
         if getattr(self, "encoder", None) is not None:

@@ -1,6 +1,6 @@
 """Writes embedworker.json, the Grafana dashboard (run it after changing a panel; the JSON is
 what Grafana provisions). Every expression names only metrics the worker exports (checked by
-tests/unit/test_dashboard.py against the worker's registry) or Ray's own (`ray_*`).
+tests/unit/test_dashboard.py against the worker's and the supervisor's registries) or Ray's own (`ray_*`).
 
     python infra/grafana/dashboard.py        # rewrites infra/grafana/embedworker.json
 """
@@ -59,6 +59,14 @@ PANELS = [
     ("Ray actors by state (restarts show as RESTARTING)", "short", [
         ("{{State}}", "sum by (State) (ray_actors)"),
     ], "timeseries", 16),
+    ("Replicas: desired and running (autoscaling)", "short", [
+        ("{{state}}", "max by (state) (embedworker_replicas)"),
+    ], "timeseries", 12),
+    ("Autoscaling: input rate, rate per replica, changes", "short", [
+        ("produced/s", "max(embedworker_autoscale_input_rate)"),
+        ("docs/s per replica (busy)", "max(embedworker_autoscale_rate_per_replica)"),
+        ("changes {{direction}} ({{cause}}) / h", "sum by (direction, cause) (increase(embedworker_replica_changes_total[1h]))"),
+    ], "timeseries", 12),
 ]
 
 

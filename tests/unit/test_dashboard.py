@@ -1,4 +1,4 @@
-"""The Grafana dashboard names only metrics (and labels) the worker exports, and is what
+"""The Grafana dashboard names only metrics (and labels) the worker and the supervisor export, and is what
 infra/grafana/dashboard.py writes."""
 
 import json
@@ -6,6 +6,7 @@ import re
 import runpy
 from pathlib import Path
 
+from pipelines.scaling import SupervisorMetrics
 from workers.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +32,14 @@ def exported() -> dict[str, set[str]]:
     m.paused.set(0)
     m.dlq_unacked.set(0)
     m.gpu_memory.set(0)
+    supervisor = SupervisorMetrics()
+    supervisor.replicas.labels("desired").set(3)
+    supervisor.changes.labels("up", "backlog").inc()
+    supervisor.rate_per_replica.set(40)
+    supervisor.input_rate.set(12)
+    supervisor.errors.labels("KafkaTimeoutError").inc()
     out: dict[str, set[str]] = {}
-    for family in m.registry.collect():
+    for family in [*m.registry.collect(), *supervisor.registry.collect()]:
         for sample in family.samples:
             out.setdefault(sample.name, set()).update(sample.labels)
     return out

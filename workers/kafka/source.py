@@ -18,12 +18,19 @@ import time
 from collections.abc import Callable
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.admin import MemberToRemove
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
-from kafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+from kafka.errors import (
+    CommitFailedError,
+    FencedInstanceIdError,
+    IllegalStateError,
+    KafkaError,
+    RebalanceInProgressError,
+)
 from kafka.structs import MemberState, OffsetAndMetadata
 
 from workers.errors import SourceError
-from workers.kafka.clients import FATAL_KAFKA_ERRORS, kafka_error_message, new_consumer
+from workers.kafka.clients import FATAL_KAFKA_ERRORS, kafka_error_message, new_admin, new_consumer
 from workers.settings import KafkaSettings
 
 TP = tuple[str, int]
@@ -72,11 +79,13 @@ class KafkaSource:
         """Connect and join the group. `on_revoked(partitions, clean)` gets clean=False when the
         partitions were lost (the group evicted this member): nothing may be flushed then.
         Raises SourceError (with the reason) when the broker cannot be reached or rejects the
-        credentials."""
+        credentials.
+        With static membership the consumer joins as `group_instance_id(replica)`: a restarted
+        replica gets its partitions back at once, without a rebalance of the others."""
         s = self.settings
         try:
             self._consumer = new_consumer(
-                s, str(self.replica), group_id=s.group_id,
+                s, str(self.replica), group_id=s.group_id, group_instance_id=s.group_instance_id(self.replica),
                 auto_offset_reset="latest" if s.start == "latest" else "earliest",
                 partition_assignment_strategy=(CooperativeStickyAssignor,),
                 max_poll_records=s.max_poll_records, max_poll_interval_ms=s.max_poll_interval_ms,
@@ -109,6 +118,11 @@ class KafkaSource:
             batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         except FATAL_KAFKA_ERRORS as exc:
             raise SourceError(kafka_error_message(exc, self.settings)) from None
+        except FencedInstanceIdError:
+            raise SourceError(
+                f"Kafka: another consumer joined group {self.settings.group_id} as "
+                f"{self.settings.group_instance_id(self.replica)!r} and took this replica's place (another "
+                "`embedworker run` on this group? give each its own kafka.instance_prefix)") from None
         except (KafkaError, IllegalStateError) as exc:
             self._poll_failed(exc)
             return []
@@ -124,10 +138,16 @@ class KafkaSource:
         self._retry_at = time.monotonic() + min(5.0, 0.1 * 2 ** min(self._failures - 1, 6))
         self.last_error = kafka_error_message(exc, self.settings)
         self._on_error(kind)
-        now = time.monotonic()
-        if now - self._logged.get(kind, -1e9) >= 60.0:
-            self._logged[kind] = now
+        if self._log_due(kind):
             log.warning("poll failed (%d in a row), backing off: %s", self._failures, self.last_error)
+
+    def _log_due(self, kind: str) -> bool:
+        """Whether a problem of this kind is logged now: the first time, then once a minute."""
+        now = time.monotonic()
+        if now - self._logged.get(kind, -1e9) < 60.0:
+            return False
+        self._logged[kind] = now
+        return True
 
     def _unstick_finished_join(self) -> None:
         """Work around a kafka-python 3.0.12 race: when a poll times out while a rejoin that was
@@ -152,7 +172,9 @@ class KafkaSource:
             self.consumer.commit(offsets=payload)
             return True
         except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
-            log.warning("commit of %s skipped: %s", offsets, exc)
+            # a rebalance refuses every commit until it ends: said once, then once a minute
+            level = logging.WARNING if self._log_due(type(exc).__name__) else logging.DEBUG
+            log.log(level, "commit of %s skipped (tried again after the rebalance): %s", offsets, exc)
         except KafkaError as exc:
             log.warning("commit of %s failed, will retry: %s", offsets, exc)
         return False
@@ -204,10 +226,44 @@ class KafkaSource:
         except (KafkaError, IllegalStateError):
             return {}
 
-    def close(self) -> None:
+    def close(self, leave: bool = False) -> None:
+        """Close the consumer. `leave`: the replica is drained or removed, and its partitions go
+        to the others now. A static member does not leave the group when it closes (a restart
+        would get its partitions back), so it is removed by its group.instance.id; without
+        `leave` a static member's partitions wait for it up to `kafka.session_timeout_ms`."""
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
             except KafkaError as exc:
                 log.warning("consumer close: %s", exc)
             self._consumer = None
+            if leave:
+                leave_group(self.settings, [self.replica])
+
+
+def leave_group(settings: KafkaSettings, replicas: list[int]) -> bool:
+    """Remove these replicas' static members from the consumer group, so that their partitions
+    move to the other members at once (after a drain, or for a replica that died while it was
+    being removed). Best effort: on failure the broker drops them after the session timeout.
+    Returns whether the broker removed them (or nothing needed removing)."""
+    if not settings.static_membership:
+        return True  # dynamic members leave on close
+    ids = [f"{settings.group_instance_id(r)}" for r in replicas]
+    try:
+        admin = new_admin(settings, "leave", request_timeout_ms=min(settings.request_timeout_ms, 10000))
+    except KafkaError as exc:
+        log.warning("could not leave group %s as %s: %s", settings.group_id, ids, kafka_error_message(exc, settings))
+        return False
+    try:
+        results = admin.remove_group_members(settings.group_id, [MemberToRemove(group_instance_id=i) for i in ids])
+        failed = {str(k): v.__name__ for k, v in results.items() if v.__name__ not in ("NoError", "UnknownMemberIdError")}
+        if failed:
+            log.warning("leaving group %s: %s", settings.group_id, failed)
+        else:
+            log.info("left group %s as %s", settings.group_id, ", ".join(ids))
+        return not failed
+    except KafkaError as exc:
+        log.warning("could not leave group %s as %s: %s", settings.group_id, ids, kafka_error_message(exc, settings))
+        return False
+    finally:
+        admin.close()
