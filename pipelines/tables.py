@@ -81,12 +81,14 @@ def status_view(report: dict) -> Group:
             + (f", {sc['draining']} draining" if sc.get("draining") else "")
             + (f"; last change: {sc['last_change']}" if sc.get("autoscale") else ""))
         table = Table(title=title)
-        for col in ("replica", "state", "docs/s (1 min)", "lag", "written", "rejected", "in flight", "input", "device"):
-            table.add_column(col, justify="right" if col not in ("state", "input", "device") else "left")
+        for col in ("replica", "state", "docs/s (1 min)", "lag", "written", "rejected", "in flight", "input", "device",
+                    "node"):
+            table.add_column(col, justify="right" if col not in ("state", "input", "device", "node") else "left")
         for r in a["actors"]:
             table.add_row(str(r["replica"]), r["state"], str(r.get("docs_per_s_1m", "")), str(r.get("lag", "")),
                           str(r.get("written", "")), str(r.get("rejected", "")), str(r.get("in_flight", "")),
-                          _input_state(r), str(r.get("device", "")), style=None if r.get("up") else "red")
+                          _input_state(r), str(r.get("device", "")), str(r.get("node") or "")[:8],
+                          style=None if r.get("up") else "red")
         parts.append(table)
     r = report["redis"]
     if "error" in r:

@@ -64,6 +64,15 @@ from workers.sinks.redis_vset import RedisVectorSetSink
 log = logging.getLogger("embedworker.worker")
 
 
+def ray_node_id() -> str | None:
+    """The Ray node this replica runs on (None outside Ray): `status` shows it."""
+    try:
+        import ray
+    except ImportError:  # the encoder's own machine checks run without Ray
+        return None
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 class EmbeddingWorker:
     def __init__(self, kafka: KafkaSettings, model: ModelSettings, batching: BatchingSettings,
                  documents: DocumentSettings, redis: RedisSettings, parquet: ParquetSettings,
@@ -119,6 +128,7 @@ class EmbeddingWorker:
         self.source.setup(self._on_assigned, self._on_revoked)
         self.encode_stage.start()
         self.sink_stage.start()
+        self._node = ray_node_id()
         self._ready = True
         self._state = "running"
 
@@ -185,7 +195,7 @@ class EmbeddingWorker:
                        stalled_s=round(self.sink_stage.stalled_s, 1), in_flight_bytes=self.ledger.unreleased_bytes(),
                        committed_lag=out.get("lag", 0) + self.ledger.pending(),
                        dlq_unacked=dlq_unacked, dlq_unacked_s=dlq_waited_s, dlq_error=self.dlq.last_error,
-                       source_error=self.source.last_error,
+                       source_error=self.source.last_error, node=self._node,
                        partitions=[f"{t}:{p}" for t, p in self.ledger.partitions()])
         return out
 

@@ -149,3 +149,32 @@ def status_from_the_cli(settings, tmp_path) -> dict:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 3), done.stderr[-2000:]  # 3: a problem, which the caller looks at
     return json.loads(done.stdout)
+
+
+def test_autoscaling_adds_a_replica_on_the_other_ray_node_and_removes_it_when_idle(local_cluster, tiny_model_dir,
+                                                                                   tmp_path, unique):
+    """One GPU per node: the replica the backlog asks for can only land on the other node. Replicas
+    are paced at 50 docs/s each (workers.testing_workers.PacedWorker), as loaded GPUs."""
+    from workers.testing_workers import PacedWorker
+
+    settings = cluster_settings(tiny_model_dir, tmp_path, unique, workers={
+        "max_in_flight": 512, "autoscale": {"enabled": True, "min_replicas": 1, "max_replicas": 2, "catch_up_s": 5,
+                                            "scale_down_after_s": 8, "cooldown_s": 2, "interval_s": 1}})
+    stream = Stream(settings, 2000, n_bad=2, seed=13, partitions=6)
+    stream.send()
+    supervisor = StreamSupervisor(settings, worker_class=PacedWorker)
+    supervisor.start()
+    thread, box = run_in_thread(lambda: supervisor.supervise(poll_s=0.5))
+    try:
+        def nodes() -> set:
+            return {s.get("node") for s in supervisor.stats(timeout=5) if s.get("written")}
+        wait_until(lambda: len(nodes()) == 2, timeout=120, message="a second replica writing on the other node",
+                   diagnose=lambda: f"{supervisor.scaling.state()} {supervisor.stats()}")
+        wait_until(lambda: all_committed(settings), timeout=240, message="everything committed")
+        wait_until(lambda: supervisor.running == 1 and not supervisor._draining, timeout=90,
+                   message="back to one replica", diagnose=lambda: str(supervisor.scaling.state()))
+    finally:
+        supervisor.request_stop()
+        thread.join(120)
+    assert "error" not in box, box
+    stream.check(RedisCluster(host="127.0.0.1", port=17000))

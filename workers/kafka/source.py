@@ -80,6 +80,8 @@ class KafkaSource:
         partitions were lost (the group evicted this member): nothing may be flushed then.
         Raises SourceError (with the reason) when the broker cannot be reached or rejects the
         credentials.
+        Heartbeats go every 3 s (at most a third of the session): a member hears of a rebalance
+        (a replica added or removed) at its next heartbeat.
         With static membership the consumer joins as `group_instance_id(replica)`: a restarted
         replica gets its partitions back at once, without a rebalance of the others."""
         s = self.settings
@@ -89,7 +91,7 @@ class KafkaSource:
                 auto_offset_reset="latest" if s.start == "latest" else "earliest",
                 partition_assignment_strategy=(CooperativeStickyAssignor,),
                 max_poll_records=s.max_poll_records, max_poll_interval_ms=s.max_poll_interval_ms,
-                session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
+                session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=min(3000, s.session_timeout_ms // 3),
                 metadata_max_age_ms=s.metadata_max_age_ms)
             # Learn the topic's partitions before joining: a group leader that joins without them
             # assigns nothing until its next metadata refresh.
