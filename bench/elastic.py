@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from pipelines.stream import quiet_local_ray_auth
+    from pipelines.ray_session import quiet_local_ray_auth
     from workers.testing import make_random_model
 
     quiet_local_ray_auth()

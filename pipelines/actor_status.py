@@ -8,11 +8,15 @@ minute, lag, counts) and the group's scaling state (desired and running replicas
 
 from __future__ import annotations
 
+import logging
+
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from pipelines.config import EmbedworkerSettings
-from pipelines.stream import ACTOR_PREFIX
+from pipelines.ray_session import ACTOR_PREFIX
+
+log = logging.getLogger("embedworker.stream")
 
 
 def replica_actor_names(settings: EmbedworkerSettings) -> list[tuple[int, str]]:
@@ -34,7 +38,7 @@ def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
     connected_here = False
     if not ray.is_initialized():
         if not settings.ray.address:
-            from pipelines.stream import quiet_local_ray_auth
+            from pipelines.ray_session import quiet_local_ray_auth
 
             quiet_local_ray_auth()
         try:
@@ -66,3 +70,22 @@ def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
     finally:
         if connected_here:
             ray.shutdown()
+
+
+def log_replica_summary(stats: list[dict], last: dict, interval: float) -> dict:
+    """The supervisor's periodic line per replica (rate since the last one, lag, counts, why it
+    is paused); returns the written counts for the next call."""
+    counts: dict = {}
+    for s in stats:
+        counts[s.get("replica")] = s.get("written", 0)
+        rate = (s.get("written", 0) - last.get(s.get("replica"), 0)) / max(interval, 1e-6)
+        log.info("replica %s %s: %.1f docs/s, lag %s (committed), consumed %s, written %s, rejected %s, in flight %s, "
+                 "padding %s%s", s.get("replica"), s.get("state"), rate, s.get("committed_lag", "?"), s.get("consumed", 0),
+                 s.get("written", 0), s.get("rejected", 0), s.get("in_flight", 0), s.get("padding_ratio", 0),
+                 (f", paused, sink error: {s['sink_error']}" if s.get("sink_error") else
+                  f", paused: a sink write has run {s['stalled_s']} s" if s.get("stalled_s") else
+                  ", paused" if s.get("paused") else ""),
+                 extra={"fields": {"replica": s.get("replica"), "docs_per_s": round(rate, 2),
+                                   "lag": s.get("committed_lag"), "rejected": s.get("rejected", 0),
+                                   "padding_ratio": s.get("padding_ratio", 0)}})
+    return counts

@@ -27,8 +27,9 @@ from pydantic import ValidationError
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.lake_documents import export_documents, is_lake
+from pipelines.ray_session import init_ray
 from pipelines.search import alias_key
-from pipelines.stream import StreamSupervisor, init_ray
+from pipelines.stream import StreamSupervisor
 from workers.backfill_units import Unit, UnitEmbedder, plan_units, write_json_atomic
 from workers.errors import EmbedworkerError
 from workers.kafka.clients import kafka_error_message, new_consumer

@@ -70,7 +70,8 @@ def cmd_run(args) -> int:
     # installs its own handler).
     early = EARLY_SIGTERM
     signal.signal(signal.SIGINT, _record_signal)
-    from pipelines.stream import StreamSupervisor, init_ray, resolve_model
+    from pipelines.ray_session import init_ray, resolve_model
+    from pipelines.stream import StreamSupervisor
 
     settings, note = resolve_model(_settings(args))
     if note:
@@ -107,8 +108,8 @@ def cmd_produce(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from pipelines.ray_session import resolve_model
     from pipelines.search import Searcher
-    from pipelines.stream import resolve_model
 
     settings, note = resolve_model(_settings(args))
     if note:
@@ -124,8 +125,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from pipelines.ray_session import resolve_model
     from pipelines.status import collect_status
-    from pipelines.stream import resolve_model
 
     settings = _settings(args)
     try:
@@ -155,7 +156,7 @@ def cmd_backfill(args) -> int:
     )
 
     from pipelines.backfill import BackfillJob, replay_topic
-    from pipelines.stream import resolve_model
+    from pipelines.ray_session import resolve_model
 
     if bool(args.input) == bool(args.replay_topic):
         err_console.print("[red]backfill needs exactly one of --input GLOB and --replay-topic TOPIC[/red]")
@@ -206,7 +207,7 @@ def cmd_backfill(args) -> int:
 def cmd_eval(args) -> int:
     from pipelines.eval_data import EvalSet
     from pipelines.evaluation import RetrievalEval, variants_from
-    from pipelines.stream import resolve_model
+    from pipelines.ray_session import resolve_model
 
     settings, note = resolve_model(_settings(args))
     if note:

@@ -38,8 +38,8 @@ def add_commands(sub, command, settings_of) -> None:
 
     def restore(args) -> int:
         from pipelines.backfill import switch_alias
+        from pipelines.ray_session import resolve_model
         from pipelines.restore import restore_index
-        from pipelines.stream import resolve_model
 
         settings, note = resolve_model(settings_of(args))  # the index is named after the model used
         if note:

@@ -18,9 +18,10 @@ from rich.console import Console
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.produce import produce_file
+from pipelines.ray_session import resolve_model
 from pipelines.search import Searcher
 from pipelines.status import collect_status
-from pipelines.stream import StreamSupervisor, resolve_model
+from pipelines.stream import StreamSupervisor
 from workers.kafka.clients import new_admin
 from workers.sinks.redis_client import connect
 

@@ -1,10 +1,11 @@
-"""Streaming supervision: start N EmbeddingWorker actors on Ray, watch them, drain on stop.
+"""Streaming supervision: start EmbeddingWorker actors on Ray, watch them, scale, drain on stop.
 
 Each replica is a Ray actor with `workers.num_gpus` GPUs (1 by default, a fraction to share a
 GPU, 0 on a CPU machine) and `max_restarts` restarts. All replicas join one Kafka consumer
-group, so Kafka spreads the partitions over them and moves the partitions of a dead replica
-to the others until Ray has restarted it. SIGTERM/SIGINT (`request_stop`) make every replica
-stop polling, finish its in-flight batches, flush its sinks, commit, and return.
+group as static members, so Kafka spreads the partitions over them and a replica Ray restarted
+takes its own back. The count is `workers.replicas`, or follows the backlog with
+`workers.autoscale` (pipelines/scaling.py). SIGTERM/SIGINT (`request_stop`) make every replica
+stop polling, finish its in-flight batches, flush its sinks, commit, leave the group and return.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import uuid
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
+from pipelines.actor_status import log_replica_summary
 from pipelines.config import EmbedworkerSettings
 from pipelines.lake import AutoCompactor
+from pipelines.ray_session import actor_name, init_ray
 from pipelines.scaling import ReplicaScaling
-from workers.encoding.model_files import read_model_files
-from workers.errors import EmbedworkerError, ModelNotFoundError
+from workers.errors import EmbedworkerError
 from workers.kafka.source import leave_group
 from workers.worker import EmbeddingWorker
 
 log = logging.getLogger("embedworker.stream")
-ACTOR_PREFIX = "embedworker:"
 
 
 SETUP_ATTEMPTS = 5
@@ -41,51 +42,6 @@ def _fatal_cause(exc: RayTaskError) -> EmbedworkerError | None:
     restarting will not help, so the supervisor stops and reports it."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, EmbedworkerError) else None
-
-
-def resolve_model(settings: EmbedworkerSettings) -> tuple[EmbedworkerSettings, str | None]:
-    """Check the model can be found here; fall back to `model.fallback` if it cannot.
-    Returns the settings to use and a sentence to show the user when a fallback was taken."""
-    m = settings.model
-    try:
-        read_model_files(m.name, m.revision)
-        return settings, None
-    except ModelNotFoundError as exc:
-        if not m.fallback:
-            raise
-        read_model_files(m.fallback)
-        model = m.model_copy(update={"name": m.fallback, "revision": None,
-                                     "document_prefix": m.fallback_document_prefix,
-                                     "query_prefix": m.fallback_query_prefix})
-        note = (f"model {m.name!r} is not available here ({str(exc).split('; tried:')[0]}); using the offline "
-                f"fallback {m.fallback!r} instead")
-        return settings.model_copy(update={"model": model}), note
-
-
-def init_ray(settings: EmbedworkerSettings) -> None:
-    """Connect to the configured Ray cluster, or start a local one (once per process)."""
-    if ray.is_initialized():
-        return
-    kwargs = dict(namespace=settings.ray.namespace, include_dashboard=False, log_to_driver=True,
-                  configure_logging=False)
-    if settings.ray.address:
-        ray.init(address=settings.ray.address, **kwargs)
-    else:
-        quiet_local_ray_auth()
-        ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
-
-
-def quiet_local_ray_auth() -> None:
-    """For the local Ray the project starts (and finds again in `status`): Ray's default, token
-    authentication, stays on, but its 'Token authentication is enabled…' banner is not printed
-    on every command (that logger says nothing else). Clusters are left alone."""
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-
-
-def actor_name(settings: EmbedworkerSettings, replica: int, run_id: str) -> str:
-    """Named actors let `embedworker status` find the replicas of a running group; the run id
-    keeps a restarted driver clear of the names its dying predecessor still holds."""
-    return f"{ACTOR_PREFIX}{settings.kafka.group_id}:{replica}:{run_id}"
 
 
 class StreamSupervisor:
@@ -108,6 +64,7 @@ class StreamSupervisor:
         self.run_id = uuid.uuid4().hex[:8]
         self.scaling = ReplicaScaling(self)
         self._requested: int | None = None  # scale_to()'s count, applied by the supervise loop
+        self._removed: list[dict] = []  # final stats of replicas removed while running (stop() returns them too)
 
     @property
     def running(self) -> int:
@@ -234,9 +191,11 @@ class StreamSupervisor:
         try:
             stats = ray.get(ref, timeout=0)
             log.info("replica %d removed after draining: written %s", replica, stats.get("written"))
+            self._removed.append(stats)
         except (GetTimeoutError, RayActorError, RayTaskError, ActorDiedError, ActorUnavailableError) as exc:
             log.warning("replica %d did not drain (%s); its uncommitted records will be read again by the others",
                         replica, type(exc).__name__)
+            self._removed.append({"replica": replica, "state": f"failed ({type(exc).__name__})"})
             leave_group(self.settings.kafka, [replica])
         if actor is not None:
             ray.kill(actor, no_restart=True)
@@ -275,7 +234,7 @@ class StreamSupervisor:
                 maintenance = threading.Thread(target=compactor.tick, name="lake-compaction", daemon=True)
                 maintenance.start()
             if time.monotonic() - last_summary >= self.settings.logging.summary_interval_s:
-                last_counts = self._log_summary(last_counts, time.monotonic() - last_summary)
+                last_counts = log_replica_summary(self.stats(timeout=5.0), last_counts, time.monotonic() - last_summary)
                 last_summary = time.monotonic()
         return self.stop()
 
@@ -301,23 +260,6 @@ class StreamSupervisor:
             time.sleep(0.5)  # the actor is coming back: calls made meanwhile fail at once
         self._start_run(replica)
 
-    def _log_summary(self, last: dict, interval: float) -> dict:
-        stats = self.stats(timeout=5.0)
-        counts = {}
-        for s in stats:
-            counts[s.get("replica")] = s.get("written", 0)
-            rate = (s.get("written", 0) - last.get(s.get("replica"), 0)) / max(interval, 1e-6)
-            log.info("replica %s %s: %.1f docs/s, lag %s (committed), consumed %s, written %s, rejected %s, in flight %s, "
-                     "padding %s%s", s.get("replica"), s.get("state"), rate, s.get("committed_lag", "?"), s.get("consumed", 0),
-                     s.get("written", 0), s.get("rejected", 0), s.get("in_flight", 0), s.get("padding_ratio", 0),
-                     (f", paused, sink error: {s['sink_error']}" if s.get("sink_error") else
-                      f", paused: a sink write has run {s['stalled_s']} s" if s.get("stalled_s") else
-                      ", paused" if s.get("paused") else ""),
-                     extra={"fields": {"replica": s.get("replica"), "docs_per_s": round(rate, 2),
-                                       "lag": s.get("committed_lag"), "rejected": s.get("rejected", 0),
-                                       "padding_ratio": s.get("padding_ratio", 0)}})
-        return counts
-
     def stats(self, timeout: float = 10.0) -> list[dict]:
         """Every replica's stats, asked together; one that does not answer in `timeout` is
         "unavailable"."""
@@ -334,7 +276,8 @@ class StreamSupervisor:
 
     def stop(self) -> list[dict]:
         """Drain every replica (stop polling, finish, flush, commit, leave the group) and return
-        their final stats. Replicas still being set up are stopped at once."""
+        their final stats, and those of replicas removed before. Replicas still being set up are
+        stopped at once."""
         self._stop.set()
         for actor in self.actors.values():
             try:
@@ -357,4 +300,4 @@ class StreamSupervisor:
             ray.kill(actor, no_restart=True)
         self.actors = {}
         self.scaling.close()
-        return results
+        return results + self._removed

@@ -1,0 +1,61 @@
+"""The driver's Ray session: connect to the configured cluster or start a local one, and the
+names replica actors get (so `status` finds them). Also `resolve_model`, which every command that
+starts replicas or encodes runs first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+
+from pipelines.config import EmbedworkerSettings
+from workers.encoding.model_files import read_model_files
+from workers.errors import ModelNotFoundError
+
+ACTOR_PREFIX = "embedworker:"
+
+
+def resolve_model(settings: EmbedworkerSettings) -> tuple[EmbedworkerSettings, str | None]:
+    """Check the model can be found here; fall back to `model.fallback` if it cannot.
+    Returns the settings to use and a sentence to show the user when a fallback was taken."""
+    m = settings.model
+    try:
+        read_model_files(m.name, m.revision)
+        return settings, None
+    except ModelNotFoundError as exc:
+        if not m.fallback:
+            raise
+        read_model_files(m.fallback)
+        model = m.model_copy(update={"name": m.fallback, "revision": None,
+                                     "document_prefix": m.fallback_document_prefix,
+                                     "query_prefix": m.fallback_query_prefix})
+        note = (f"model {m.name!r} is not available here ({str(exc).split('; tried:')[0]}); using the offline "
+                f"fallback {m.fallback!r} instead")
+        return settings.model_copy(update={"model": model}), note
+
+
+def init_ray(settings: EmbedworkerSettings) -> None:
+    """Connect to the configured Ray cluster, or start a local one (once per process)."""
+    if ray.is_initialized():
+        return
+    kwargs = dict(namespace=settings.ray.namespace, include_dashboard=False, log_to_driver=True,
+                  configure_logging=False)
+    if settings.ray.address:
+        ray.init(address=settings.ray.address, **kwargs)
+    else:
+        quiet_local_ray_auth()
+        ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
+
+
+def quiet_local_ray_auth() -> None:
+    """For the local Ray the project starts (and finds again in `status`): Ray's default, token
+    authentication, stays on, but its 'Token authentication is enabled…' banner is not printed
+    on every command (that logger says nothing else). Clusters are left alone."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def actor_name(settings: EmbedworkerSettings, replica: int, run_id: str) -> str:
+    """Named actors let `embedworker status` find the replicas of a running group; the run id
+    keeps a restarted driver clear of the names its dying predecessor still holds."""
+    return f"{ACTOR_PREFIX}{settings.kafka.group_id}:{replica}:{run_id}"
