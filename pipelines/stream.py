@@ -118,8 +118,15 @@ class StreamSupervisor:
             ray.get(ref)
             return replica
         except RayTaskError as exc:
-            self.stop()
             fatal = _fatal_cause(exc)
+            if fatal is None and self._runs:
+                # a replica added to a running stream failed (say, its new GPU node is broken):
+                # the others go on; the autoscaler asks again after its cooldown
+                log.error("replica %d could not be set up, the stream goes on without it: %s", replica,
+                          str(exc.cause if getattr(exc, "cause", None) else exc).splitlines()[0])
+                ray.kill(self.actors.pop(replica), no_restart=True)
+                return None
+            self.stop()
             if fatal is not None:
                 raise fatal from None
             raise
@@ -214,7 +221,9 @@ class StreamSupervisor:
         maintenance: threading.Thread | None = None
         while not self._stop.is_set() and not (until and until()):
             refs = [*self._runs, *self._setups, *self._draining]
-            done, _ = ray.wait(refs, num_returns=1, timeout=poll_s) if refs else ([], time.sleep(poll_s))
+            done = ray.wait(refs, num_returns=1, timeout=poll_s)[0] if refs else []
+            if not refs:
+                time.sleep(poll_s)
             for ref in done:
                 if ref in self._runs:
                     self._handle_finished(ref)

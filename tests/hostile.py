@@ -18,7 +18,7 @@ def _nested(depth: int) -> bytes:
 
 
 def bad_records(near_broker_max: int = 3_900_000) -> list[tuple[str, bytes | None, bytes | None, str]]:
-    """(name, key, value, expected reason code) for 52 kinds of bad input."""
+    """(name, key, value, expected reason code) for 54 kinds of bad input."""
     k = lambda name: f"bad-{name}".encode()  # noqa: E731
     rows = [
         ("invalid-utf8-prefix", b"\xff\xfe{\"id\": \"a\"}", d.INVALID_UTF8),
@@ -69,6 +69,9 @@ def bad_records(near_broker_max: int = 3_900_000) -> list[tuple[str, bytes | Non
         ("bad-published-at", _j({"id": "p1", "text": "x", "published_at": "yesterday"}), d.INVALID_TIMESTAMP),
         ("naive-published-at", _j({"id": "p2", "text": "x", "published_at": "2026-11-27T09:00:00"}), d.INVALID_TIMESTAMP),
         ("date-only-published-at", _j({"id": "p3", "text": "x", "published_at": "2026-11-27"}), d.INVALID_TIMESTAMP),
+        ("future-published-at", _j({"id": "p4", "text": "x", "published_at": "2099-01-01T00:00:00+09:00"}),
+         d.TIMESTAMP_IN_FUTURE),
+        ("zero-published-at", _j({"id": "p5", "text": "x", "published_at": "0001-01-01T00:00:00Z"}), d.TIMESTAMP_TOO_OLD),
         ("numeric-published-at", _j({"id": "p4", "text": "x", "published_at": 1764000000}), d.WRONG_TYPE),
         ("numeric-title", _j({"id": "ti", "text": "x", "title": 7}), d.WRONG_TYPE),
         ("object-lang", _j({"id": "la", "text": "x", "lang": {"code": "ko"}}), d.WRONG_TYPE),

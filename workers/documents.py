@@ -29,11 +29,13 @@ TOO_LARGE = "too_large"                # a field or the record over its byte lim
 INVALID_ID = "invalid_id"              # control characters in the id
 UNKNOWN_OP = "unknown_op"
 INVALID_TIMESTAMP = "invalid_timestamp"  # published_at not RFC 3339 with an offset
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"  # published_at after ingestion + documents.max_future_s
+TIMESTAMP_TOO_OLD = "timestamp_too_old"      # published_at before documents.min_published_year
 INVALID_ATTRS = "invalid_attrs"        # not an object of scalars, too many keys
 
 REASON_CODES = (NULL_VALUE, INVALID_UTF8, INVALID_JSON, DUPLICATE_KEY, NON_FINITE_NUMBER, NOT_AN_OBJECT,
                 MISSING_FIELD, EMPTY_FIELD, WRONG_TYPE, TOO_LARGE, INVALID_ID, UNKNOWN_OP, INVALID_TIMESTAMP,
-                INVALID_ATTRS)
+                TIMESTAMP_IN_FUTURE, TIMESTAMP_TOO_OLD, INVALID_ATTRS)
 METADATA_FIELDS = ("title", "url", "source", "lang")
 
 
@@ -45,6 +47,10 @@ class DocumentLimits:
     max_field_bytes: int = 8192      # title, url, source, lang
     max_attrs_bytes: int = 16384     # attrs as JSON
     max_attrs_keys: int = 64
+    # A published_at from a wrong clock (in the future) or a zero value (year 1, 1800) is rejected
+    # with a reason, not clamped: it would sort first or last forever and defeat retention.
+    max_future_s: float = 86_400
+    min_published_year: int = 1900
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ def _validate(obj: dict, origin: RecordOrigin, limits: DocumentLimits) -> Docume
             raise _Reject(TOO_LARGE, f"field {name!r} is over the limit of {limits.max_field_bytes} bytes")
         meta[name] = v.strip() or None
 
-    return Document(id=doc_id, op=op, origin=origin, text=text, published_at=_published_at(obj.get("published_at")),
+    return Document(id=doc_id, op=op, origin=origin, text=text, published_at=_published_at(obj.get("published_at"), limits),
                     attrs=_attrs(obj.get("attrs"), limits), **meta)
 
 
@@ -248,7 +254,7 @@ def _has_visible_content(text: str) -> bool:
     return any(not c.isspace() and unicodedata.category(c)[0] not in ("C", "Z") for c in text)
 
 
-def _published_at(v: Any) -> datetime | None:
+def _published_at(v: Any, limits: DocumentLimits) -> datetime | None:
     if v is None:
         return None
     if not isinstance(v, str):
@@ -260,7 +266,16 @@ def _published_at(v: Any) -> datetime | None:
     if ts.tzinfo is None or len(v.strip()) < 20 or "T" not in v.upper():
         raise _Reject(INVALID_TIMESTAMP,
                       f"field 'published_at' needs a date, a time and an offset (e.g. 2026-11-27T09:00:00+09:00): {v[:40]!r}")
-    return ts.astimezone(UTC)
+    ts = ts.astimezone(UTC)
+    ahead = (ts - datetime.now(UTC)).total_seconds()
+    if ahead > limits.max_future_s:
+        raise _Reject(TIMESTAMP_IN_FUTURE, f"field 'published_at' is {ahead / 3600:,.1f} h after its ingestion time "
+                                           f"(a wrong clock? documents.max_future_s allows {limits.max_future_s:g} s): "
+                                           f"{v[:40]!r}")
+    if ts.year < limits.min_published_year:
+        raise _Reject(TIMESTAMP_TOO_OLD, f"field 'published_at' is before {limits.min_published_year} (a zero or "
+                                         f"default date? documents.min_published_year): {v[:40]!r}")
+    return ts
 
 
 def _attrs(v: Any, limits: DocumentLimits) -> dict[str, Any]:

@@ -214,6 +214,8 @@ class DocumentSettings(_Section):
     max_field_bytes: int = Field(8192, gt=0)
     max_attrs_bytes: int = Field(16384, gt=0)
     max_attrs_keys: int = Field(64, gt=0)
+    max_future_s: float = Field(86_400, ge=0)      # published_at later than ingestion + this: rejected
+    min_published_year: int = Field(1900, ge=1)    # published_at before this year: rejected
 
 
 class RedisSettings(_Section):

@@ -332,7 +332,7 @@ def test_a_second_worker_joins_then_leaves_mid_stream(stream_settings, redis_cli
 
 def test_hostile_input_lands_in_the_dlq_valid_input_is_indexed_memory_stays_bounded(stream_settings, redis_client):
     settings = stream_settings(kafka={"max_poll_records": 200}, workers={"max_in_flight": 512})
-    bad = bad_records()  # 52 kinds, one of them 3.9 MB, near the broker's 4 MiB maximum
+    bad = bad_records()  # 54 kinds, one of them 3.9 MB, near the broker's 4 MiB maximum
     valid_tricky = tricky_valid_records()
     normal = [(f"ok-{i}".encode(), json.dumps({"id": f"ok-{i}", "text": f"평범한 기사 {i} ordinary"}).encode())
               for i in range(400)]

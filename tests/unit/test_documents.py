@@ -1,5 +1,6 @@
 """The message contract, one rule at a time, against the hostile corpus."""
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -75,3 +76,20 @@ def test_the_fast_and_the_strict_parse_agree_on_the_tricky_valid_records():
     for _, _, value in tricky_valid_records():
         strict = d._validate(d._strict_loads(value), ORIGIN, d.DocumentLimits())
         assert d.parse_record(value, ORIGIN) == strict
+
+
+def test_published_at_from_a_wrong_clock_or_a_zero_date_is_rejected_in_words_within_limits():
+    from datetime import UTC, datetime, timedelta
+
+    def at(ts: datetime, **limits):
+        value = json.dumps({"id": "p", "text": "x", "published_at": ts.isoformat()}).encode()
+        return d.parse_record(value, ORIGIN, d.DocumentLimits(**limits))
+
+    now = datetime.now(UTC)
+    assert at(now + timedelta(hours=20)).published_at is not None  # time zones, small clock skews
+    late = at(now + timedelta(days=3))
+    assert late.code == d.TIMESTAMP_IN_FUTURE and "after its ingestion time" in late.message
+    assert at(now + timedelta(days=3), max_future_s=7 * 86400).published_at is not None
+    old = at(datetime(1899, 12, 31, tzinfo=UTC))
+    assert old.code == d.TIMESTAMP_TOO_OLD and "min_published_year" in old.message
+    assert at(datetime(1899, 12, 31, tzinfo=UTC), min_published_year=1800).published_at.year == 1899

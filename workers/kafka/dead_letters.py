@@ -2,7 +2,7 @@
 
 Each rejected record is published with its original key and bytes and headers naming the
 error code and message and the source topic, partition, offset and timestamp. The original
-headers are kept. A record whose bytes plus headers exceed the producer's limit is published
+headers are kept, and of ours only `embedworker.redriven_from` (a re-driven record rejected again). A record whose bytes plus headers exceed the producer's limit is published
 with its value cut to fit and the header `embedworker.value_truncated` set to its full size;
 original headers beyond HEADER_ROOM are dropped (`embedworker.headers_truncated`: how many).
 
@@ -38,7 +38,8 @@ def dlq_headers(rej: Rejection) -> list[tuple[str, bytes]]:
              ("embedworker.source.offset", str(o.offset).encode())]
     if o.timestamp_ms is not None:
         extra.append(("embedworker.source.timestamp", str(o.timestamp_ms).encode()))
-    return [h for h in o.headers if not h[0].startswith("embedworker.")] + extra
+    kept = [h for h in o.headers if not h[0].startswith("embedworker.") or h[0] == "embedworker.redriven_from"]
+    return kept + extra
 
 
 def fit_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
