@@ -76,12 +76,13 @@ def _dim(rows: pa.Table) -> int:
 
 def _record(r: dict, chunks: dict, chunked: bool) -> SinkRecord:
     vector = None if r["embedding"] is None else np.asarray(r["embedding"], dtype=np.float32)
-    published = r["published_at"]
+    published, ingested = r["published_at"], r["ingested_at"]
     return SinkRecord(id=r["id"], op=r["op"], topic=r["kafka_topic"], partition=r["kafka_partition"],
                       offset=r["kafka_offset"], vector=vector, chunk=r["chunk"] or 0, chunks=int(chunks[r["id"]]),
                       chunked=chunked, title=r["title"], url=r["url"], source=r["source"], lang=r["lang"],
                       published_at=published.astimezone(UTC) if isinstance(published, datetime) else None,
-                      attrs=orjson.loads(r["attrs"]) if r["attrs"] else {})
+                      attrs=orjson.loads(r["attrs"]) if r["attrs"] else {},
+                      ingested_at=ingested.astimezone(UTC) if isinstance(ingested, datetime) else None)
 
 
 def _write(sink: RedisVectorSetSink, batch: list[SinkRecord]) -> None:

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.lake import lake_status
+from pipelines.retention import index_times
 from pipelines.search import alias_key, resolve_index
 from workers.kafka.clients import kafka_error_message, new_admin
 from workers.settings import model_slug, redact_url
@@ -137,10 +138,14 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
             else:
                 server, detail = redact_url(urls[i % len(urls)]), ""
             placement[server] = placement.get(server, 0) + 1
+            oldest, newest = index_times(client, key)
             keys.append({"key": key, "vectors": int(client.execute_command("VCARD", key) or 0),
-                         "server": server + detail})
+                         "server": server + detail, "oldest": oldest, "newest": newest})
+        times = [k for k in keys if k["oldest"] is not None]
         return {"index": index.base, "alias": alias.decode() if alias else None, "meta": index.meta, "keys": keys,
-                "layout": index.layout, "placement": placement, "total_vectors": sum(k["vectors"] for k in keys)}
+                "layout": index.layout, "placement": placement, "total_vectors": sum(k["vectors"] for k in keys),
+                "retention": r.retention, "oldest": min((k["oldest"] for k in times), default=None),
+                "newest": max((k["newest"] for k in times), default=None)}
     except RedisError as exc:
         return {"error": str(explain_redis_error(exc, urls[0], r) or f"Redis: {exc}")}
 

@@ -22,6 +22,7 @@ from pipelines.actor_status import log_replica_summary
 from pipelines.config import EmbedworkerSettings
 from pipelines.lake import AutoCompactor
 from pipelines.ray_session import actor_name, init_ray
+from pipelines.retention import RetentionSweeper
 from pipelines.scaling import ReplicaScaling
 from workers.errors import EmbedworkerError
 from workers.kafka.source import leave_group
@@ -217,8 +218,10 @@ class StreamSupervisor:
         ones, scales; raises the first fatal error."""
         last_summary = time.monotonic()
         last_counts: dict = {}
-        compactor = AutoCompactor(self.settings)
-        maintenance: threading.Thread | None = None
+        # beside the stream, each in a thread of its own: the lake's closed days compacted
+        # (parquet.compact_after_days), aged-out vectors swept from Redis (redis.retention)
+        maintenance = [AutoCompactor(self.settings), RetentionSweeper(self.settings, self.scaling.metrics.registry)]
+        threads: dict[int, threading.Thread] = {}
         while not self._stop.is_set() and not (until and until()):
             refs = [*self._runs, *self._setups, *self._draining]
             done = ray.wait(refs, num_returns=1, timeout=poll_s)[0] if refs else []
@@ -238,10 +241,10 @@ class StreamSupervisor:
                     self._drain_finished(ref)
             self._apply_requested()
             self.scaling.tick()
-            if compactor.due() and (maintenance is None or not maintenance.is_alive()):
-                # the lake's closed days compacted beside the stream (parquet.compact_after_days)
-                maintenance = threading.Thread(target=compactor.tick, name="lake-compaction", daemon=True)
-                maintenance.start()
+            for i, task in enumerate(maintenance):
+                if (i not in threads or not threads[i].is_alive()) and task.due():
+                    threads[i] = threading.Thread(target=task.tick, name=type(task).__name__, daemon=True)
+                    threads[i].start()
             if time.monotonic() - last_summary >= self.settings.logging.summary_interval_s:
                 last_counts = log_replica_summary(self.stats(timeout=5.0), last_counts, time.monotonic() - last_summary)
                 last_summary = time.monotonic()

@@ -94,8 +94,10 @@ def status_view(report: dict) -> Group:
     if "error" in r:
         parts.append(Text(f"redis: {r['error']}", style="red"))
     elif r.get("enabled", True):
+        span = (f", {_day(r['oldest'])} to {_day(r['newest'])}, retention {r.get('retention') or 'none'}"
+                if r.get("oldest") is not None else "")
         table = Table(title=f"Redis vector sets ({r['total_vectors']} vectors"
-                            + (f", alias -> {r['alias']}" if r.get("alias") else "") + ")")
+                            + (f", alias -> {r['alias']}" if r.get("alias") else "") + span + ")")
         table.add_column("key")
         table.add_column("vectors", justify="right")
         table.add_column("server")
@@ -183,3 +185,8 @@ def watch_status(settings, console: Console, interval: float, count: int = 0, ac
     except KeyboardInterrupt:
         pass
     return 3 if report["problems"] else 0
+
+
+def _day(epoch_s: float) -> str:
+    """A time the retention set scores, as the operator reads it (UTC, to the minute)."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M")

@@ -50,6 +50,8 @@ class WorkerMetrics:
         self._embedded = Counter("embedworker_documents_embedded", "Documents embedded", ["replica"], registry=reg).labels(r)
         self._rejected = Counter("embedworker_records_rejected", "Records sent to the DLQ", ["replica", "reason"], registry=reg)
         self._deleted = Counter("embedworker_documents_deleted", "Delete records", ["replica"], registry=reg).labels(r)
+        self._too_old = Counter("embedworker_documents_too_old", "Documents older than redis.retention on arrival "
+                                "(the lake has them, Redis not)", ["replica"], registry=reg).labels(r)
         self._written = Counter("embedworker_records_written", "Records written per sink", ["replica", "sink"], registry=reg)
         self._batch_size = Histogram("embedworker_batch_size", "Texts per batch", ["replica"], buckets=BATCH_BUCKETS,
                                      registry=reg).labels(r)
@@ -77,7 +79,8 @@ class WorkerMetrics:
         self.gpu_memory = Gauge("embedworker_gpu_memory_bytes", "CUDA memory allocated", ["replica"], registry=reg).labels(r)
         self._real_tokens = 0
         self._padded_tokens = 0
-        self.counts = {"consumed": 0, "embedded": 0, "rejected": 0, "deleted": 0, "written": 0, "batches": 0}
+        self.counts = {"consumed": 0, "embedded": 0, "rejected": 0, "deleted": 0, "written": 0, "batches": 0,
+                       "too_old": 0}
         # Seconds the encode and sink threads spent working: with `written`, the autoscaler's
         # processing rate of a replica that is not saturated (pipelines/autoscale.py).
         self.busy_s = {"encode": 0.0, "sink": 0.0}
@@ -101,6 +104,10 @@ class WorkerMetrics:
     def deleted(self, n: int = 1) -> None:
         self._deleted.inc(n)
         self.counts["deleted"] += n
+
+    def too_old(self, n: int) -> None:
+        self._too_old.inc(n)
+        self.counts["too_old"] += n
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(self.replica, reason).inc()

@@ -246,6 +246,21 @@ class RedisSettings(_Section):
     ssl_ca_certs: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    # Vectors whose published_at (else the ingestion time) is older than this leave Redis (the
+    # lake keeps them): "30d", "12h", "90m", "3600s", "2w"; None keeps everything.
+    retention: str | None = None
+    retention_sweep_s: float = Field(300, gt=0)  # how often the driver removes what has aged out
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, v: str | None) -> str | None:
+        if v is not None:
+            duration_s(v)
+        return v
+
+    @property
+    def retention_s(self) -> float | None:
+        return duration_s(self.retention) if self.retention is not None else None
 
     @field_validator("password_file")
     @classmethod
@@ -308,6 +323,18 @@ class WorkersSettings(_Section):
     metrics_port: int | None = Field(None, ge=0, le=65535)  # prometheus_client port of replica 0 (+index)
     supervisor_metrics_port: int | None = Field(None, ge=0, le=65535)  # the driver's (replica counts)
     autoscale: AutoscaleSettings = AutoscaleSettings()
+
+
+DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_s(text: str) -> float:
+    """Seconds in "30d", "12h", "90m", "3600s", "2w"; ValueError naming the format otherwise."""
+    match = DURATION.fullmatch(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"must be a positive number and a unit (s, m, h, d or w), e.g. '30d', got {text!r}")
+    return float(match.group(1)) * UNIT_S[match.group(2)]
 
 
 def model_slug(name: str) -> str:

@@ -106,8 +106,10 @@ class EmbeddingWorker:
         self.ledger = OffsetLedger()
         sinks: list[Sink] = []
         if self.redis_settings.enabled:
-            sinks.append(RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim,
-                                             m.document_prefix))
+            redis_sink = RedisVectorSetSink(self.redis_settings, model_slug(m.name), m.name, self.encoder.dim,
+                                            m.document_prefix)
+            redis_sink.on_too_old = self.metrics.too_old
+            sinks.append(redis_sink)
         if self.parquet_settings.enabled:
             sinks.append(new_parquet_sink(self.parquet_settings, self.redis_settings.index_name(m.name), m.name,
                                      self.encoder.revision, self.encoder.dim, m.document_prefix))

@@ -67,6 +67,11 @@ PANELS = [
         ("docs/s per replica (busy)", "max(embedworker_autoscale_rate_per_replica)"),
         ("changes {{direction}} ({{cause}}) / h", "sum by (direction, cause) (increase(embedworker_replica_changes_total[1h]))"),
     ], "timeseries", 12),
+    ("Retention: oldest vector kept, vectors expired and too old on arrival", "short", [
+        ("oldest vector age, days ({{index}})", "max by (index) (embedworker_oldest_vector_age_seconds) / 86400"),
+        ("expired / h ({{index}})", "sum by (index) (increase(embedworker_vectors_expired_total[1h]))"),
+        ("too old on arrival / h", "sum(increase(embedworker_documents_too_old_total[1h]))"),
+    ], "timeseries", 24),
 ]
 
 

@@ -6,6 +6,8 @@ import re
 import runpy
 from pathlib import Path
 
+from pipelines.config import load_settings
+from pipelines.retention import RetentionSweeper
 from pipelines.scaling import SupervisorMetrics
 from workers.metrics import WorkerMetrics
 
@@ -38,6 +40,11 @@ def exported() -> dict[str, set[str]]:
     supervisor.rate_per_replica.set(40)
     supervisor.input_rate.set(12)
     supervisor.errors.labels("KafkaTimeoutError").inc()
+    sweeper = RetentionSweeper(load_settings(None, {"redis": {"retention": "30d"}}), supervisor.registry)
+    sweeper.expired.inc()
+    sweeper.oldest_age.set(86400)
+    sweeper.errors.inc()
+    m.too_old(1)
     out: dict[str, set[str]] = {}
     for family in [*m.registry.collect(), *supervisor.registry.collect()]:
         for sample in family.samples:

@@ -3,6 +3,11 @@ in the keys VectorSetIndex names (one per shard; see workers/sinks/vector_sets.p
 Writes are pipelined without MULTI (a transaction would stop VADD from using threads).
 VADD upserts, so writing a record twice is harmless: the sink is idempotent.
 
+With `redis.retention`, each VADD is paired in the same pipeline with a ZADD of the element's
+time (published_at, else the ingestion time) into the shard's times set, each VREM with a ZREM;
+a document already older than the retention is not added (and a younger copy of it goes). The
+driver's sweep (pipelines/retention.py) removes what ages out later.
+
 Writes make one attempt each (their clients retry nothing): a failure is SinkBackpressureError
 whose `retry_after_s` is the retry policy's next wait (workers/sinks/redis_client.py), and the sink
 stage waits it out without holding its lock, with the input paused, retrying until Redis
@@ -17,6 +22,8 @@ a failover or resharding (MOVED, ASK, a dead master) makes the client learn the 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +68,9 @@ class RedisVectorSetSink:
         self._durable: dict[TP, int] = {}
         self.written = 0
         self.deleted = 0
+        self.too_old = 0  # documents not indexed: older than redis.retention when they came
+        self.on_too_old: Callable[[int], None] | None = None  # the worker counts them in a metric
+        self._retention_s = settings.retention_s
 
     def _url_of(self, shard: int) -> str:
         urls = self.settings.shard_urls or [self.settings.url]
@@ -120,19 +130,37 @@ class RedisVectorSetSink:
         chunks_now = self._stored_chunk_counts(target, key, records)  # kept current through the batch
         commands: list[tuple] = []
         quant = self.settings.quantization.upper()
+        times = VectorSetIndex.times_key(key) if self._retention_s is not None else None
+        cutoff = time.time() - self._retention_s if self._retention_s is not None else None
+        too_old = 0
+
+        def remove(elements) -> None:
+            for element in elements:
+                commands.append(("VREM", key, element))
+                if times is not None:
+                    commands.append(("ZREM", times, element))
+
         for rec in records:
             if rec.op == "delete":
-                commands.append(("VREM", key, rec.id))
-                commands.extend(("VREM", key, f"{rec.id}#{k}") for k in range(chunks_now.get(rec.id, 0)))
+                remove([rec.id, *(f"{rec.id}#{k}" for k in range(chunks_now.get(rec.id, 0)))])
                 chunks_now[rec.id] = 0
                 continue
             element = VectorSetIndex.element(rec.id, rec.chunk, rec.chunked)
-            blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
-            commands.append(("VADD", key, "FP32", blob, element, quant, "EF", self.settings.ef,
-                             "SETATTR", self._attributes(rec), "M", self.settings.m, *self._cas))
+            at = self._time_of(rec)
+            if cutoff is not None and at < cutoff:
+                # older than the retention already: not indexed (the lake has it); a copy indexed
+                # when it was younger goes, as the sweep would take it
+                too_old += rec.chunk == 0
+                remove([element])
+            else:
+                blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
+                commands.append(("VADD", key, "FP32", blob, element, quant, "EF", self.settings.ef,
+                                 "SETATTR", self._attributes(rec), "M", self.settings.m, *self._cas))
+                if times is not None:
+                    commands.append(("ZADD", times, at, element))  # a re-published document moves
             if rec.chunked and rec.chunk == rec.chunks - 1:
                 # the document got shorter: its old trailing chunks go
-                commands.extend(("VREM", key, f"{rec.id}#{k}") for k in range(rec.chunks, chunks_now.get(rec.id, 0)))
+                remove([f"{rec.id}#{k}" for k in range(rec.chunks, chunks_now.get(rec.id, 0))])
                 chunks_now[rec.id] = rec.chunks
         wait = self.settings.wait_replicas
         if wait:  # on the same connection, after the writes: WAIT counts the replicas that have them
@@ -155,6 +183,16 @@ class RedisVectorSetSink:
                                   f"{self.settings.wait_timeout_s} s (redis.wait_replicas)")
         self.written += sum(1 for r in records if r.op != "delete")
         self.deleted += sum(1 for r in records if r.op == "delete")
+        if too_old:
+            self.too_old += too_old
+            if self.on_too_old is not None:
+                self.on_too_old(too_old)
+
+    @staticmethod
+    def _time_of(rec: SinkRecord) -> float:
+        """The time retention counts from: published_at, else the ingestion time, else now."""
+        when = rec.published_at or rec.ingested_at
+        return when.timestamp() if isinstance(when, datetime) else time.time()
 
     def _refresh_topology(self, client) -> None:
         """Redis Cluster: learn the masters again (after a failover the slot map is stale)."""

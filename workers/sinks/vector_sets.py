@@ -13,6 +13,9 @@ the inserts (one vector set takes only a few thousand VADD/s). Two key layouts:
   of M masters, where plain names land wherever their hashes fall (6 shards on 3 masters went
   3/2/1). The names depend on S only, never on the cluster's current map.
 
+Beside each shard key, with `redis.retention`, a sorted set (`times_key`) scores every element
+with its published_at (or ingestion) time; the driver's sweep removes what has aged out of both.
+
 The layout is recorded in the meta hash (`key_layout`) when a sink first writes an index, and
 read from there by everyone else, so an index keeps its names: indexes written before the
 "slots" layout existed (no `key_layout`) stay "plain".
@@ -79,6 +82,12 @@ class VectorSetIndex:
 
     def key_for(self, doc_id: str) -> str:
         return self._keys[self.shard_of(doc_id)]
+
+    @staticmethod
+    def times_key(key: str) -> str:
+        """The sorted set of (time, element) beside shard `key`, for retention: in the key's slot
+        (its hash tag, or the key itself as the tag) and under the key prefix."""
+        return f"{key}:times" if "{" in key else f"{key}:{{{key}}}:times"
 
     @staticmethod
     def element(doc_id: str, chunk: int, chunked: bool) -> str:
