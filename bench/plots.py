@@ -137,6 +137,33 @@ def latency_chart(out: Path) -> str | None:
     return _save(fig, out / "latency.png")
 
 
+def capacity_chart(out: Path) -> str | None:
+    runs = [r for r in (load("capacity_100k.json"), load("capacity_1m.json")) if r]
+    if not runs:
+        return "bench/capacity.py --out bench/results/capacity_100k.json"
+    rows = [row for run in runs for row in run["rows"]]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    for quant, m in sorted({(r["quantization"], r["m"]) for r in rows}):
+        series = sorted({r["vectors"]: r for r in rows if (r["quantization"], r["m"]) == (quant, m)}.values(),
+                        key=lambda r: r["vectors"])
+        style = dict(marker="o" if m == 16 else "s", linestyle="-" if m == 16 else "--", color=COLORS.get(quant, "#777"),
+                     label=f"{quant.upper()}, M {m}")
+        x = [r["vectors"] for r in series]
+        axes[0].plot(x, [r["bytes_per_vector"] for r in series], **style)
+        axes[1].plot(x, [r["server_cpu_ms_per_insert"] for r in series], **style)
+        axes[2].plot(x, [r["recall_at_10"] for r in series], **style)
+    for ax, label in zip(axes, ("bytes per vector (INFO used_memory)", "redis-server CPU ms per insert (EF 200)",
+                                "recall@10 vs exact (query EF 200)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("vectors in the set")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"One vector set as it grows: 384-d clustered vectors with news attributes, "
+                 f"{runs[0].get('machine', '?')}, {runs[0].get('date', '?')}", fontsize=10)
+    return _save(fig, out / "capacity.png")
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -151,7 +178,8 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    missing = [m for m in (encoder_chart(out), hostpath_chart(out), index_chart(out), latency_chart(out)) if m]
+    missing = [m for m in (encoder_chart(out), hostpath_chart(out), index_chart(out), latency_chart(out),
+                           capacity_chart(out)) if m]
     for how in missing:
         print(f"skipped a chart: no results yet; make them with {how}", file=sys.stderr)
     return 0

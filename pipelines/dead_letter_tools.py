@@ -20,6 +20,7 @@ and the lake's per-offset rows make a copy harmless).
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from workers.errors import SourceError
 from workers.kafka.clients import kafka_error_message, new_consumer, new_producer
 
 PREVIEW = 200  # bytes of a value `show` prints
+STALL_S = 30.0  # reading the DLQ gives up after this long without a record
 
 
 @dataclass
@@ -93,11 +95,16 @@ def read_dead_letters(settings: EmbedworkerSettings, group: str | None = None) -
         _fail(exc, settings)
     try:
         remaining = {tp for tp in tps if consumer.position(tp) < ends[tp]}
+        last_progress = time.monotonic()
         while remaining:
             batches = consumer.poll(timeout_ms=2000, max_records=500)
             if not batches:
                 remaining = {tp for tp in remaining if consumer.position(tp) < ends[tp]}
+                if remaining and time.monotonic() - last_progress > STALL_S:
+                    raise SourceError(f"Kafka: reading the dead-letter topic {topic!r} made no progress for "
+                                      f"{STALL_S:g} s (a broker unreachable?); check kafka.bootstrap_servers")
                 continue
+            last_progress = time.monotonic()
             for tp, records in batches.items():
                 for r in records:
                     if r.offset < ends[tp]:
