@@ -56,6 +56,7 @@ class ReplicaScaling:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._logged_error = 0.0
+        self._told: tuple | None = None  # the state the replicas were last told
 
     def setup(self) -> None:
         """Called once the first replicas run: serve the metrics, start measuring (autoscaling)."""
@@ -71,8 +72,7 @@ class ReplicaScaling:
     @property
     def desired(self) -> int:
         a = self.autoscaler
-        return a.desired if a is not None and a.desired is not None else (
-            self.supervisor.running if self.settings.enabled else self.supervisor.settings.workers.replicas)
+        return a.desired if a is not None and a.desired is not None else self.supervisor.target
 
     def tick(self) -> None:
         """From the supervise loop: act on the newest measurement (if a new one came)."""
@@ -89,9 +89,7 @@ class ReplicaScaling:
                 self.metrics.changes.labels(direction, decision.cause).inc()
                 self.supervisor.scale_to(decision.replicas)
                 self.supervisor._apply_requested()
-            self._publish()
-        elif obs is None and self.autoscaler is None:
-            self._publish(tell_replicas=False)
+        self._publish()
 
     def state(self) -> dict:
         """The group's scaling state, as `status` shows it."""
@@ -102,11 +100,14 @@ class ReplicaScaling:
                 "reason": self.autoscaler.last_reason if self.autoscaler else "workers.replicas (autoscale off)",
                 "at": time.time()}
 
-    def _publish(self, tell_replicas: bool = True) -> None:
+    def _publish(self) -> None:
+        """The gauges, and (when the set changed) the state told to every replica for `status`."""
         state = self.state()
         for name in ("desired", "running", "starting", "draining"):
             self.metrics.replicas.labels(name).set(state[name])
-        if tell_replicas:
+        told = tuple(state[k] for k in ("desired", "running", "starting", "draining", "last_change"))
+        if told != self._told:
+            self._told = told
             for actor in list(self.supervisor.actors.values()):
                 actor.set_scaling.remote(state)
 

@@ -65,6 +65,7 @@ class StreamSupervisor:
         self.run_id = uuid.uuid4().hex[:8]
         self.scaling = ReplicaScaling(self)
         self._requested: int | None = None  # scale_to()'s count, applied by the supervise loop
+        self.target = 0  # the replicas wanted: workers.replicas, min_replicas at start, then scale_to()
         self._removed: list[dict] = []  # final stats of replicas removed while running (stop() returns them too)
 
     @property
@@ -75,7 +76,7 @@ class StreamSupervisor:
     def start(self) -> None:
         init_ray(self.settings)
         w = self.settings.workers
-        count = w.autoscale.min_replicas if w.autoscale.enabled else w.replicas
+        count = self.target = w.autoscale.min_replicas if w.autoscale.enabled else w.replicas
         for i in range(count):
             self._new_actor(i)
         # Load models and connect everywhere first, so the replicas join the consumer group
@@ -151,7 +152,7 @@ class StreamSupervisor:
     def scale_to(self, replicas: int) -> None:
         """Thread-safe: the supervise loop adds or drains replicas until `replicas` run (the
         autoscaler decides the same way; an operator or a test may ask directly)."""
-        self._requested = max(1, replicas)
+        self._requested = self.target = max(1, replicas)
 
     def _apply_requested(self) -> None:
         wanted, self._requested = self._requested, None

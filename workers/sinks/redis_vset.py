@@ -131,7 +131,7 @@ class RedisVectorSetSink:
         commands: list[tuple] = []
         quant = self.settings.quantization.upper()
         times = VectorSetIndex.times_key(key) if self._retention_s is not None else None
-        cutoff = time.time() - self._retention_s if self._retention_s is not None else None
+        cutoff = time.time() - self._retention_s if self._retention_s is not None else float("-inf")
         too_old = 0
 
         def remove(elements) -> None:
@@ -146,8 +146,8 @@ class RedisVectorSetSink:
                 chunks_now[rec.id] = 0
                 continue
             element = VectorSetIndex.element(rec.id, rec.chunk, rec.chunked)
-            at = self._time_of(rec)
-            if cutoff is not None and at < cutoff:
+            at = self._time_of(rec) if times is not None else 0.0
+            if at < cutoff:
                 # older than the retention already: not indexed (the lake has it); a copy indexed
                 # when it was younger goes, as the sweep would take it
                 too_old += rec.chunk == 0
