@@ -12,6 +12,7 @@ import ray
 from pipelines.actor_status import actor_status
 from pipelines.status import collect_status, group_members
 from pipelines.stream import StreamSupervisor
+from tests.helpers import all_committed
 from tests.reliability.conftest import Stream, supervising, wait_all_committed, wait_until
 from workers.kafka.clients import new_admin
 
@@ -151,3 +152,23 @@ def test_replicas_removed_while_records_are_in_flight_or_killed_while_draining_l
         assert sorted(supervisor.actors) == [0, 1]
         assert len(assignment(settings)) == 2, "the killed replica's membership was ended"
     stream.check(redis_client)
+
+
+def test_a_second_run_with_the_same_instance_ids_fences_the_first_which_stops_in_words(stream_settings):
+    """Two drivers on one group and one kafka.instance_prefix: the newer member takes the place;
+    the older one's poll is fenced and it stops with a sentence naming the setting."""
+    from tests.helpers import WorkerThread
+    from workers.errors import SourceError
+
+    settings = stream_settings()
+    stream = Stream(settings, 200, n_bad=0, seed=24, partitions=3)
+    stream.send()
+    first = WorkerThread(settings).start()
+    wait_until(lambda: first.worker.stats().get("consumed", 0) > 0, timeout=60, message="the first consuming")
+    second = WorkerThread(settings).start()
+    try:
+        wait_until(lambda: not first.thread.is_alive(), timeout=60, message="the first to stop, fenced")
+        assert isinstance(first.error, SourceError) and "kafka.instance_prefix" in str(first.error)
+        wait_until(lambda: all_committed(settings), timeout=60, message="the second finishing the stream")
+    finally:
+        second.stop()

@@ -121,10 +121,7 @@ class KafkaSource:
         except FATAL_KAFKA_ERRORS as exc:
             raise SourceError(kafka_error_message(exc, self.settings)) from None
         except FencedInstanceIdError:
-            raise SourceError(
-                f"Kafka: another consumer joined group {self.settings.group_id} as "
-                f"{self.settings.group_instance_id(self.replica)!r} and took this replica's place (another "
-                "`embedworker run` on this group? give each its own kafka.instance_prefix)") from None
+            raise self._fenced() from None
         except (KafkaError, IllegalStateError) as exc:
             self._poll_failed(exc)
             return []
@@ -166,13 +163,16 @@ class KafkaSource:
             coordinator.request_rejoin()
 
     def commit(self, offsets: dict[TP, int]) -> bool:
-        """Commit next-offsets per partition; False (and a warning) if the group is rebalancing."""
+        """Commit next-offsets per partition; False (and a warning) if the group is rebalancing.
+        SourceError when this replica was fenced (another consumer took its group.instance.id)."""
         if not offsets:
             return True
         payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
             self.consumer.commit(offsets=payload)
             return True
+        except FencedInstanceIdError:
+            raise self._fenced() from None
         except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
             # a rebalance refuses every commit until it ends: said once, then once a minute
             level = logging.WARNING if self._log_due(type(exc).__name__) else logging.DEBUG
@@ -180,6 +180,13 @@ class KafkaSource:
         except KafkaError as exc:
             log.warning("commit of %s failed, will retry: %s", offsets, exc)
         return False
+
+    def _fenced(self) -> SourceError:
+        """The broker gave this replica's group.instance.id to a newer consumer: this one stops."""
+        return SourceError(
+            f"Kafka: another consumer joined group {self.settings.group_id} as "
+            f"{self.settings.group_instance_id(self.replica)!r} and took this replica's place (another "
+            "`embedworker run` on this group? give each its own kafka.instance_prefix)")
 
     def commit_async(self, offsets: dict[TP, int]) -> None:
         """Commit without blocking (for the rebalance callbacks, which run on the IO thread)."""
