@@ -81,9 +81,9 @@ class RetentionSweeper:
                         self.expired.inc(removed)
                         if removed < BATCH:
                             break
-                    first = client.zrange(times, 0, 0, withscores=True)
-                    if first:
-                        oldest = first[0][1] if oldest is None else min(oldest, first[0][1])
+                    first, _ = index_times(client, key)
+                    if first is not None:
+                        oldest = first if oldest is None else min(oldest, first)
             finally:
                 for client in clients.values():
                     client.close()

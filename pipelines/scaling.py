@@ -22,7 +22,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from pipelines.autoscale import Observation, ReplicaAutoscaler
-from pipelines.status import group_offsets
+from pipelines.status import group_offsets, total_lag
 from workers.kafka.clients import kafka_error_message, new_admin
 
 log = logging.getLogger("embedworker.scaling")
@@ -119,8 +119,7 @@ class ReplicaScaling:
                 if admin is None:
                     admin = new_admin(k, "autoscale", request_timeout_ms=min(k.request_timeout_ms, 10000))
                 ends, committed = group_offsets(admin, k)
-                lag = sum(e - max(0, committed.get(p) or 0) for p, e in ends.items())
-                obs = Observation(time.monotonic(), sum(ends.values()), lag, len(ends),
+                obs = Observation(time.monotonic(), sum(ends.values()), total_lag(ends, committed), len(ends),
                                   self.supervisor.stats(timeout=min(5.0, self.settings.interval_s)))
                 with self._lock:
                     self._latest = obs

@@ -82,7 +82,7 @@ def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
                "partitions": partitions, "total_lag": sum(p["lag"] for p in partitions),
                "dlq_topic": k.dead_letter_topic, "dlq_records": sum(dlq_end[p] - dlq_start.get(p, 0) for p in dlq_end)}
         if window_s > 0:
-            lag0 = _total_lag(*first)
+            lag0 = total_lag(*first)
             out.update(window_s=round(elapsed, 1), lag_before=lag0, lag_growth=out["total_lag"] - lag0,
                        produced_per_s=round((sum(ends.values()) - sum(first[0].values())) / elapsed, 2),
                        committed_per_s=round((_committed_sum(committed) - _committed_sum(first[1])) / elapsed, 2))
@@ -114,7 +114,7 @@ def _committed_sum(committed: dict[int, int]) -> int:
     return sum(c for c in committed.values() if c is not None and c >= 0)
 
 
-def _total_lag(ends: dict[int, int], committed: dict[int, int]) -> int:
+def total_lag(ends: dict[int, int], committed: dict[int, int]) -> int:
     return sum(e - max(0, committed.get(p) or 0) for p, e in ends.items())
 
 
