@@ -41,6 +41,7 @@ cluster-status:
 # Starts the services that are not running yet, runs the whole suite, stops only what it started.
 # pytest's exit 5 (a marker selection that collects nothing) counts as success.
 test: install
+	bash infra/local/browser.sh ensure
 	bash infra/local/services.sh run bash -c '$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc'
 
 # The tests that need no service (no Kafka, Redis or Ray): a few minutes.

@@ -5,7 +5,7 @@ with the attributes the sink writes for a real news document (title, url, source
 published_at, id, chunk, chunks, model; ~300 bytes of JSON).
 
     .venv/bin/python bench/capacity.py --max 100000 --quant q8 noquant bin --m 16 32 --out bench/results/capacity.json
-    .venv/bin/python bench/capacity.py --max 1000000 --quant q8 --m 16
+    .venv/bin/python bench/capacity.py --max 1000000 --quant q8 --m 16 --ef-query 200 500 1000
 
 Runs its own redis-server (infra/local/redis.sh on port 6395, stopped by pid at the end), alone on
 the machine while it measures: memory is INFO's used_memory growth over the checkpoint (an empty
@@ -64,8 +64,7 @@ def insert(client, key: str, base: np.ndarray, start: int, stop: int, quant: str
     pipe.execute()
 
 
-def query(client, key: str, base: np.ndarray, queries: np.ndarray, n: int, ef: int) -> dict:
-    truth, _ = exact_top(base[:n], queries, 10)
+def query(client, key: str, truth: np.ndarray, queries: np.ndarray, ef: int) -> dict:
     found, latencies = [], []
     for q in queries:
         t0 = time.perf_counter()
@@ -77,8 +76,8 @@ def query(client, key: str, base: np.ndarray, queries: np.ndarray, n: int, ef: i
             "vsim_p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 2), "recall_at_10": round(recall, 4)}
 
 
-def grow(client, pid: int, base: np.ndarray, queries: np.ndarray, quant: str, m: int, ef: int, ef_query: int,
-         stops: list[int]) -> list[dict]:
+def grow(client, pid: int, base: np.ndarray, queries: np.ndarray, quant: str, m: int, ef: int,
+         ef_queries: list[int], stops: list[int]) -> list[dict]:
     client.flushall()
     time.sleep(0.5)
     empty = client.info("memory")["used_memory"]
@@ -91,7 +90,12 @@ def grow(client, pid: int, base: np.ndarray, queries: np.ndarray, quant: str, m:
         row = {"quantization": quant, "m": m, "ef_build": ef, "vectors": n, "bytes_per_vector": round(used / n),
                "gb_per_million": round(used / n * 1e6 / 1e9, 3),
                "server_cpu_ms_per_insert": round(cpu * 1000 / (n - done), 3),
-               "inserts_per_s": round((n - done) / seconds), **query(client, key, base, queries, n, ef_query)}
+               "inserts_per_s": round((n - done) / seconds)}
+        truth, _ = exact_top(base[:n], queries, 10)
+        by_ef = {e: query(client, key, truth, queries, e) for e in ef_queries}
+        row.update(by_ef[ef_queries[0]])  # the first query EF in the main columns (the chart's)
+        if len(ef_queries) > 1:
+            row["by_query_ef"] = {str(e): r for e, r in by_ef.items()}
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
         done = n
@@ -104,7 +108,8 @@ def main() -> None:
     parser.add_argument("--quant", nargs="+", default=["q8", "noquant", "bin"], choices=["q8", "noquant", "bin"])
     parser.add_argument("--m", nargs="+", type=int, default=[16, 32])
     parser.add_argument("--ef", type=int, default=200, help="EF at insert (redis.ef)")
-    parser.add_argument("--ef-query", type=int, default=200)
+    parser.add_argument("--ef-query", type=int, nargs="+", default=[200],
+                        help="EF of the searches; several: recall and latency at each (the first in the main columns)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""The command line: `embedworker run | produce | backfill | search | status | eval | demo | lake | restore | model export | model prune`.
+"""The command line: `embedworker run | produce | backfill | search | serve | status | eval | demo | lake | restore | model export | model prune`.
 
 The only module that parses arguments and prints tables; everything it calls returns values.
 Exit codes: 0 ok, 1 a failure the message explains, 2 a configuration error, 3 unhealthy (status).
@@ -121,6 +121,39 @@ def cmd_search(args) -> int:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
         return 0
     console.print(search_table(args.query, hits, searcher.index.base, args.filter, console.width))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    """Serve until SIGINT or SIGTERM, then take the application down (exit 0)."""
+    import threading
+
+    from pipelines.ray_session import resolve_model
+    from pipelines.serve import start_service, stop_service
+
+    settings, note = resolve_model(_settings(args))
+    if note:
+        log.warning(note)
+    s = settings.serve
+    host, port = args.host or s.host, args.port or s.port
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        start_service(settings, host, port)
+    except SystemExit as exc:  # Ray's own handler, active while ray.init runs, exits with the signal number
+        if exc.code != signal.SIGTERM:
+            raise
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # again: Ray installed its own while it started
+        signal.signal(sig, lambda *_: stop.set())
+    replicas = f"{s.replicas}" + (f" to {s.max_replicas}" if s.max_replicas and s.max_replicas > s.replicas else "")
+    console.print(f"serving [bold]{settings.model.name}[/bold] on http://{host}:{port} ({replicas} replica(s); "
+                  f"POST /v1/embeddings, POST /search, GET /healthz, GET /metrics, search page at /); Ctrl-C stops")
+    while not stop.wait(1.0):
+        pass
+    stop_service(settings)
+    console.print("stopped")
     return 0
 
 
@@ -281,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default=None, help="a vector-set FILTER expression, e.g. '.lang == \"ko\"'")
     p.add_argument("--ef", type=int, default=None, help="search exploration factor")
     p.add_argument("--json", action="store_true")
+    p = command("serve", cmd_serve, "serve query embeddings (OpenAI-compatible) and search over HTTP (Ray Serve)")
+    p.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
     p = command("status", cmd_status, "lag, replicas, vectors, Parquet files and rows; exit 3 when unhealthy")
     p.add_argument("--window", type=float, default=5.0,
                    help="seconds between two offset readings, to see if the lag grows (0: one reading)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from workers.errors import EmbedworkerError
@@ -49,6 +49,36 @@ class RaySettings(BaseModel):
     auth_mode: Literal["token", "disabled"] | None = None
 
 
+class ServeSettings(BaseModel):
+    """`embedworker serve`: the query service (Ray Serve replicas, each with the model loaded)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    host: str = "127.0.0.1"             # --host overrides; 0.0.0.0 to listen on every interface
+    port: int = Field(8000, ge=1, le=65535)
+    replicas: int = Field(1, ge=1)      # replicas at start (the minimum when autoscaling)
+    max_replicas: int | None = Field(None, ge=1)  # above `replicas`: Ray Serve autoscales between them
+    target_ongoing_requests: float = Field(8.0, gt=0)  # per replica, what autoscaling aims at
+    max_ongoing_requests: int = Field(64, ge=1)        # per replica; more wait in the proxy
+    max_batch_size: int = Field(32, ge=1)   # requests embedded in one forward pass (all their inputs)
+    batch_wait_ms: float = Field(10.0, ge=0)  # how long the first request of a batch waits for others
+    num_gpus: float = Field(0, ge=0)    # per replica: 1, or a fraction to share a GPU with stream replicas
+    num_cpus: float = Field(1, ge=0)
+    api_key: SecretStr | None = None    # clients send `Authorization: Bearer <key>`; null: no key
+    api_key_file: Path | None = None
+    max_inputs: int = Field(2048, ge=1)         # texts per embeddings request
+    max_input_chars: int = Field(32_768, ge=1)  # characters per text (longer ones: 400 before tokenizing)
+    max_k: int = Field(1000, ge=1)
+    max_filter_chars: int = Field(2000, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas_in_order(self) -> ServeSettings:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"serve.max_replicas ({self.max_replicas}) must be at least serve.replicas ({self.replicas})")
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set serve.api_key or serve.api_key_file, not both")
+        return self
+
+
 class LoggingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     level: LogLevel = "INFO"        # DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case
@@ -73,6 +103,7 @@ class EmbedworkerSettings(BaseSettings):
     parquet: ParquetSettings = ParquetSettings()
     workers: WorkersSettings = WorkersSettings()
     ray: RaySettings = RaySettings()
+    serve: ServeSettings = ServeSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
@@ -196,7 +227,7 @@ def _explain(exc: ValidationError, path, origins: dict | None = None) -> str:
         value = err.get("input")
         if isinstance(value, str) and "://" in value:
             value = redact_url(value)
-        shown = "" if isinstance(value, (dict, list, SecretStr)) or "password" in key else f" (got {value!r})"
+        shown = "" if isinstance(value, (dict, list, SecretStr)) or "password" in key or "api_key" in key else f" (got {value!r})"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"

@@ -7,6 +7,7 @@ chunk. FILTER expressions go to Redis as they are (`.lang == "ko" and .published
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -17,13 +18,26 @@ from redis.exceptions import RedisError, ResponseError
 from pipelines.config import EmbedworkerSettings
 from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError
-from workers.settings import RedisSettings, model_slug
+from workers.settings import RedisSettings, model_slug, redact_url
 from workers.sinks.redis_client import connect, explain_redis_error
 from workers.sinks.vector_sets import VectorSetIndex
 
 
 class SearchError(EmbedworkerError):
     """The search could not run: no index, a bad filter expression, Redis unreachable."""
+
+
+class FilterError(SearchError):
+    """Redis rejected the FILTER expression (the caller's mistake: the query service answers 400)."""
+
+
+class UnknownIndexError(SearchError):
+    """No index (or alias) of that name under the key prefix (the service answers 404)."""
+
+
+class RedisUnavailableError(SearchError):
+    """Redis did not answer or refused the connection (the service answers 503 and recovers
+    by itself once Redis is back: the clients reconnect on the next request)."""
 
 
 @dataclass
@@ -66,45 +80,84 @@ def list_indexes(client, settings: RedisSettings) -> list[str]:
 
 
 class Searcher:
-    def __init__(self, settings: EmbedworkerSettings, encoder: Encoder | None = None):
+    """Searches one Redis deployment. The CLI calls `setup()` (the alias or configured index,
+    which must hold vectors); the query service calls `connect()` and names an index per request
+    (`resolve`), so that a service started before its index, or an alias moved by a backfill,
+    is followed without a restart."""
+
+    def __init__(self, settings: EmbedworkerSettings, encoder: Encoder | None = None, retry_settings=None):
         self.settings = settings
         self.encoder = encoder
-        self._clients: list = []
+        self._retry_settings = retry_settings or settings.redis  # the service retries once, not for seconds
+        self._by_url: dict = {}
+        self._resolved: dict[str | None, tuple[float, VectorSetIndex]] = {}
         self.index: VectorSetIndex | None = None
 
+    def connect(self) -> None:
+        """Open a client per Redis URL (nothing is sent yet)."""
+        r = self.settings.redis
+        self._by_url = {u: connect(self._retry_settings, u) for u in dict.fromkeys(r.shard_urls or [r.url])}
+
     def setup(self) -> None:
-        """Load the encoder (if not given) and connect to every shard. Raises SearchError."""
+        """Load the encoder (if not given), connect, and check the index holds vectors. Raises
+        SearchError (RedisUnavailableError, or a sentence listing the indexes there are)."""
         s = self.settings
         if self.encoder is None:
-            m = s.model
-            self.encoder = Encoder.from_settings(m, s.batching)
-        urls = s.redis.shard_urls or [s.redis.url]
-        by_url = {u: connect(s.redis, u) for u in dict.fromkeys(urls)}
+            self.encoder = Encoder.from_settings(s.model, s.batching)
+        self.connect()
+        self.index = self.resolve(None)
+        clients = self._clients(self.index)
         try:
-            self.index = resolve_index(by_url[urls[0]], s, model_slug(s.model.name))
+            present = [bool(clients[i].exists(key)) for i, key in enumerate(self.index.shard_keys())]
         except RedisError as exc:
-            raise SearchError(str(explain_redis_error(exc, urls[0], s.redis) or f"Redis: {exc}")) from None
-        self._clients = [by_url[urls[i % len(urls)]] for i in range(self.index.shards)]
-        try:
-            present = [bool(self._clients[i].exists(key)) for i, key in enumerate(self.index.shard_keys())]
-        except RedisError as exc:
-            err = explain_redis_error(exc, s.redis.url, s.redis)
-            raise SearchError(str(err) if err else f"Redis is unreachable: {exc}") from None
+            raise self._unavailable(exc) from None
         if not any(present):  # Redis removes a vector set with its last element: empty = missing
-            others = list_indexes(self._clients[0], s.redis)
+            others = list_indexes(clients[0], s.redis)
             raise SearchError(f"index {self.index.base} is empty or missing; indexes here: "
                               + (", ".join(others) if others else f"none under {s.redis.key_prefix}:"))
+
+    def resolve(self, name: str | None, max_age_s: float = 0.0) -> VectorSetIndex:
+        """The index `name` names: None is the alias if set, else the configured index (which may
+        not exist yet); `current` is the alias; any other name must have a meta hash. Answers
+        younger than `max_age_s` come from a cache. Raises UnknownIndexError, RedisUnavailableError."""
+        cached = self._resolved.get(name)
+        if cached and time.monotonic() - cached[0] < max_age_s:
+            return cached[1]
+        s = self.settings
+        first = next(iter(self._by_url.values()))
+        try:
+            if name is None:
+                index = resolve_index(first, s, model_slug(s.model.name))
+            else:
+                target = name
+                if name == "current":
+                    alias = first.get(alias_key(s))
+                    if not alias:
+                        raise UnknownIndexError(f"no search alias is set ({alias_key(s)}); name an index")
+                    target = alias.decode() if isinstance(alias, bytes) else alias
+                index = VectorSetIndex.stored(first, s.redis, target)
+                if not index.meta:
+                    others = list_indexes(first, s.redis)
+                    raise UnknownIndexError(f"no index {name!r} under {s.redis.key_prefix}:; indexes here: "
+                                            + (", ".join(others) if others else "none"))
+        except RedisError as exc:
+            raise self._unavailable(exc) from None
+        self._resolved[name] = (time.monotonic(), index)
+        return index
 
     def search(self, query: str, k: int = 10, filter: str | None = None, ef: int | None = None) -> list[SearchHit]:
         vector = self.encoder.encode_queries([query])[0]
         return self.search_vector(vector, k, filter, ef)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None,
-                      ef: int | None = None) -> list[SearchHit]:
-        """Top k documents for a normalized query vector over every shard."""
+                      ef: int | None = None, index: VectorSetIndex | None = None) -> list[SearchHit]:
+        """Top k documents for a normalized query vector over every shard of `index` (default:
+        the one `setup` resolved). Raises FilterError, RedisUnavailableError, SearchError."""
+        index = index or self.index
         blob = np.ascontiguousarray(vector, dtype="<f4").tobytes()
         count = k * 3 if self.settings.model.chunking.enabled else k
-        keys = self.index.shard_keys()
+        keys = index.shard_keys()
+        clients = self._clients(index)
 
         args: list = ["WITHSCORES", "WITHATTRIBS", "COUNT", count, "EF", ef or self.settings.redis.ef]
         if filter:
@@ -114,14 +167,13 @@ class Searcher:
             # Raw VSIM, parsed here: a shard that is empty now (never filled, or emptied since —
             # Redis drops a vector set with its last element) answers an empty reply, which is no hits.
             try:
-                reply = self._clients[i].execute_command("VSIM", keys[i], "FP32", blob, *args)
+                reply = clients[i].execute_command("VSIM", keys[i], "FP32", blob, *args)
             except ResponseError as exc:
                 if "syntax" in str(exc).lower() or "filter" in str(exc).lower():
-                    raise SearchError(f"the filter expression was rejected by Redis: {exc}") from None
+                    raise FilterError(f"the filter expression was rejected by Redis: {exc}") from None
                 raise SearchError(f"VSIM on {keys[i]} failed: {exc}") from None
             except RedisError as exc:
-                err = explain_redis_error(exc, self.settings.redis.url, self.settings.redis)
-                raise SearchError(str(err) if err else f"Redis is unreachable: {exc}") from None
+                raise self._unavailable(exc) from None
             return [_hit(element, score, attrs) for element, score, attrs in _vsim_entries(reply)]
 
         if len(keys) == 1:
@@ -137,8 +189,25 @@ class Searcher:
         return sorted(best.values(), key=lambda h: -h.score)[:k]
 
     def count(self) -> int:
-        return sum(int(self._clients[i].execute_command("VCARD", key) or 0)
-                   for i, key in enumerate(self.index.shard_keys()))
+        clients = self._clients(self.index)
+        return sum(int(clients[i].execute_command("VCARD", key) or 0) for i, key in enumerate(self.index.shard_keys()))
+
+    def ping(self) -> None:
+        """One PING per Redis URL; raises RedisUnavailableError naming what failed."""
+        for client in self._by_url.values():
+            try:
+                client.ping()
+            except RedisError as exc:
+                raise self._unavailable(exc) from None
+
+    def _clients(self, index: VectorSetIndex) -> list:
+        urls = list(self._by_url)
+        return [self._by_url[urls[i % len(urls)]] for i in range(index.shards)]
+
+    def _unavailable(self, exc: RedisError) -> RedisUnavailableError:
+        r = self.settings.redis
+        err = explain_redis_error(exc, r.url, r)
+        return RedisUnavailableError(str(err) if err else f"Redis at {redact_url(r.url)} is unreachable: {exc}")
 
 
 def _vsim_entries(reply) -> list[tuple]:

@@ -72,6 +72,18 @@ PANELS = [
         ("expired / h ({{index}})", "sum by (index) (increase(embedworker_vectors_expired_total[1h]))"),
         ("too old on arrival / h", "sum(increase(embedworker_documents_too_old_total[1h]))"),
     ], "timeseries", 24),
+    ("Query service: requests by route and status code", "req/s", [
+        ("{{route}} {{code}}", f"sum by (route, code) (rate(embedworker_serve_requests_total[{WINDOW}]))"),
+    ], "timeseries", 8),
+    ("Query service: latency (p50, p99) and requests per batch", "s", [
+        (f"p{q} {{{{route}}}}", f"histogram_quantile(0.{q}, sum by (le, route) (rate(embedworker_serve_request_seconds_bucket[{WINDOW}])))")
+        for q in (50, 99)
+    ] + [("requests per batch", f"sum(rate(embedworker_serve_batch_requests_sum[{WINDOW}])) / sum(rate(embedworker_serve_batch_requests_count[{WINDOW}]))")],
+     "timeseries", 8),
+    ("Query service: errors by code, replicas", "short", [
+        ("{{error}}/s ({{route}})", f"sum by (error, route) (rate(embedworker_serve_errors_total[{WINDOW}]))"),
+        ("replicas", "max(embedworker_serve_replicas)"),
+    ], "timeseries", 8),
 ]
 
 

@@ -6,9 +6,12 @@ import re
 import runpy
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from pipelines.config import load_settings
 from pipelines.retention import RetentionSweeper
 from pipelines.scaling import SupervisorMetrics
+from pipelines.serve_metrics import MetricsSum, ServeMetrics
 from workers.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +48,17 @@ def exported() -> dict[str, set[str]]:
     sweeper.oldest_age.set(86400)
     sweeper.errors.inc()
     m.too_old(1)
+    serve = ServeMetrics()
+    serve.answered("/search", 400, 0.01, "invalid_k")
+    serve.batch_requests.observe(3)
+    serve.batch_inputs.observe(5)
+    serve.inputs.labels("query").inc()
+    serve.tokens.inc()
+    store = MetricsSum()  # what the ServeMetricsStore actor runs
+    store.push("r1", serve.snapshot())
+    summed = list(text_string_to_metric_families(store.render().decode()))
     out: dict[str, set[str]] = {}
-    for family in [*m.registry.collect(), *supervisor.registry.collect()]:
+    for family in [*m.registry.collect(), *supervisor.registry.collect(), *summed]:
         for sample in family.samples:
             out.setdefault(sample.name, set()).update(sample.labels)
     return out

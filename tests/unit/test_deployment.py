@@ -2,9 +2,11 @@
 Kubernetes and Compose need, use the image this project builds, and every command line they
 run is one the CLI accepts with a configuration that validates."""
 
+import importlib
 import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,12 +44,80 @@ def cli_argv(command: str | list[str]):
 
 def test_every_manifest_has_the_fields_kubernetes_needs():
     docs = k8s_documents()
-    assert {d["kind"] for d in docs} == {"ConfigMap", "Secret", "RayCluster", "RayJob"}
+    assert {d["kind"] for d in docs} == {"ConfigMap", "Secret", "RayCluster", "RayJob", "RayService"}
     for d in docs:
         assert d["apiVersion"] and d["metadata"]["name"], d
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", d["metadata"]["name"])
-    for d in by_kind("RayCluster") + by_kind("RayJob"):
+    for d in by_kind("RayCluster") + by_kind("RayJob") + by_kind("RayService"):
         assert d["apiVersion"] == "ray.io/v1"
+
+
+@pytest.fixture(scope="module")
+def kuberay_crds() -> Path:
+    """KubeRay's own CRDs (infra/local/kuberay_crds.sh: its Go module, fetched once)."""
+    try:
+        out = subprocess.run(["bash", str(REPO / "infra/local/kuberay_crds.sh")], capture_output=True, text=True,
+                             timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no bash here")
+    if out.returncode != 0:
+        pytest.skip(f"KubeRay's CRDs could not be fetched: {out.stderr.strip()[-300:]}")
+    return Path(out.stdout.strip())
+
+
+def strict(schema):
+    """A CRD's OpenAPI schema as JSON Schema that refuses unknown fields, as `kubectl apply`
+    (strict field validation) does, except where the schema preserves unknown fields."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [strict(v) for v in schema]
+    return schema
+
+
+@pytest.mark.parametrize("kind, crd", [("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml"),
+                                       ("RayService", "ray.io_rayservices.yaml")])
+def test_kuberay_manifests_validate_against_kuberays_crds(kuberay_crds, kind, crd):
+    import jsonschema
+
+    definition = yaml.safe_load((kuberay_crds / crd).read_text())
+    (version,) = [v for v in definition["spec"]["versions"] if v["name"] == "v1"]
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}
+    validator = jsonschema.Draft7Validator(schema)
+    manifests = by_kind(kind)
+    assert manifests
+    for manifest in manifests:
+        problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in validator.iter_errors(manifest)]
+        assert not problems, f"{manifest['metadata']['name']}: " + "; ".join(problems)
+
+
+def test_the_ray_service_builds_the_query_service_from_the_config_map(tmp_path, monkeypatch):
+    (service,) = by_kind("RayService")
+    (config_map,) = by_kind("ConfigMap")
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    module, name = app["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), name))
+    assert app["args"]["config"] == "/etc/embedworker/config.yaml" and app["route_prefix"] == "/"
+    assert serve_config["http_options"]["host"] == "0.0.0.0"
+    path = tmp_path / "config.yaml"
+    path.write_text(config_map["data"]["config.yaml"])
+    (secret,) = by_kind("Secret")
+    for name, value in secret["stringData"].items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(path)
+    assert settings.serve.api_key.get_secret_value() == "replace-me"
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == by_kind("RayCluster")[0]["spec"]["rayVersion"]
+    (group,) = cluster["workerGroupSpecs"]
+    gpus_per_pod = int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert settings.serve.max_replicas * settings.serve.num_gpus <= group["maxReplicas"] * gpus_per_pod
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "no replica on the head"
 
 
 def test_the_ray_cluster_has_a_cpu_head_and_an_autoscaling_gpu_group():
@@ -117,7 +187,7 @@ def test_ray_jobs_run_cli_commands_on_the_cluster(name, command):
 def test_compose_runs_the_services_a_ray_head_and_the_worker(monkeypatch):
     compose = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "ray-head", "worker", "prometheus", "grafana"}
+    assert set(services) == {"kafka", "redis", "ray-head", "worker", "query", "prometheus", "grafana"}
     scrape = yaml.safe_load((REPO / "infra" / "prometheus" / "prometheus.yml").read_text())
     targets = [t for job in scrape["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
     metrics_port = int(services["worker"]["environment"]["EMBEDWORKER__WORKERS__METRICS_PORT"])
@@ -140,6 +210,11 @@ def test_compose_runs_the_services_a_ray_head_and_the_worker(monkeypatch):
     head_port = next(a for a in services["ray-head"]["command"] if a.startswith("--port=")).split("=")[1]
     assert settings.ray.address == f"ray-head:{head_port}"
     assert f"{settings.workers.metrics_port}:{settings.workers.metrics_port}" in worker["ports"]
+    query = cli_argv(services["query"]["command"])
+    assert query.command == "serve" and query.host == "0.0.0.0" and query.config == args.config
+    assert f"{query.port}:{query.port}" in services["ray-head"]["ports"], "Serve's proxy runs on the head"
+    assert services["query"]["environment"]["EMBEDWORKER__RAY__ADDRESS"] == settings.ray.address
+    assert f"ray-head:{query.port}" in targets, "Prometheus scrapes the query service's /metrics"
 
 
 def test_the_image_installs_the_project_and_runs_a_shipped_config():

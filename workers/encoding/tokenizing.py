@@ -172,6 +172,13 @@ class TextTokenizer:
         out.ids = self._tokenize_truncated(chunk_texts)
         return out
 
+    def token_counts(self, texts: list[str], prefix: str = "") -> list[int]:
+        """Tokens the model would see for each `prefix + text`, special tokens included and nothing
+        truncated (the query service's usage counts and its too-long check)."""
+        if self.lower_case:
+            prefix, texts = prefix.lower(), [t.lower() for t in texts]
+        return [len(e.ids) for e in self._plain.encode_batch([prefix + t for t in texts])]
+
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` with special tokens, untruncated; for reports and tests."""
         return len(self._plain.encode(text).ids)
