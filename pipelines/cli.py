@@ -66,8 +66,8 @@ def _settings(args) -> EmbedworkerSettings:
 
 def cmd_run(args) -> int:
     # A SIGTERM at any moment ends in a drain and exit 0: recorded from the module's import on
-    # (EARLY_SIGTERM), and handed to the supervisor once it exists (again after init_ray: Ray
-    # installs its own handler).
+    # (EARLY_SIGTERM; init_ray keeps it in force while Ray starts), and handed to the supervisor
+    # once it exists.
     early = EARLY_SIGTERM
     signal.signal(signal.SIGINT, _record_signal)
     from pipelines.ray_session import init_ray, resolve_model
@@ -77,12 +77,7 @@ def cmd_run(args) -> int:
     if note:
         log.warning(note)
     supervisor = StreamSupervisor(settings)
-    try:
-        init_ray(settings)
-    except SystemExit as exc:  # Ray's own handler, active while ray.init runs, exits with the signal number
-        if exc.code != signal.SIGTERM:
-            raise
-        early.append(signal.SIGTERM)
+    init_ray(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
     if early:  # nothing consumed yet: nothing to drain
@@ -137,16 +132,9 @@ def cmd_serve(args) -> int:
     s = settings.serve
     host, port = args.host or s.host, args.port or s.port
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # in force while Ray starts too (see init_ray)
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        start_service(settings, host, port)
-    except SystemExit as exc:  # Ray's own handler, active while ray.init runs, exits with the signal number
-        if exc.code != signal.SIGTERM:
-            raise
-        stop.set()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # again: Ray installed its own while it started
-        signal.signal(sig, lambda *_: stop.set())
+    start_service(settings, host, port)
     replicas = f"{s.replicas}" + (f" to {s.max_replicas}" if s.max_replicas and s.max_replicas > s.replicas else "")
     console.print(f"serving [bold]{settings.model.name}[/bold] on http://{host}:{port} ({replicas} replica(s); "
                   f"POST /v1/embeddings, POST /search, GET /healthz, GET /metrics, search page at /); Ctrl-C stops")

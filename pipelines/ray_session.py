@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import ray
+import ray._private.utils
 
 from pipelines.config import EmbedworkerSettings
 from workers.encoding.model_files import read_model_files
@@ -36,16 +37,31 @@ def resolve_model(settings: EmbedworkerSettings) -> tuple[EmbedworkerSettings, s
 
 
 def init_ray(settings: EmbedworkerSettings) -> None:
-    """Connect to the configured Ray cluster, or start a local one (once per process)."""
+    """Connect to the configured Ray cluster, or start a local one (once per process).
+
+    The caller's SIGTERM handler stays in force while Ray starts: started from the main thread,
+    `ray.init` replaces it with one that raises SystemExit wherever the main thread happens to be,
+    and a SIGTERM landing in one of the fork hooks Ray's start runs was swallowed there ("Exception
+    ignored"), so `run` lost the stop and never ended. Ray installs it through
+    `ray._private.utils.set_sigterm_handler`, made a no-op for the call (checked by
+    tests/unit/test_ray_session.py, so a Ray that installs it otherwise fails a test). `ray.init`
+    must run in the main thread: from another, Ray's shutdown later waits for a GCS it lost."""
     if ray.is_initialized():
         return
     kwargs = dict(namespace=settings.ray.namespace, include_dashboard=False, log_to_driver=True,
                   configure_logging=False)
     if settings.ray.address:
-        ray.init(address=settings.ray.address, **kwargs)
+        kwargs["address"] = settings.ray.address
     else:
         quiet_local_ray_auth()
-        ray.init(num_cpus=settings.ray.num_cpus, **kwargs)
+        kwargs["num_cpus"] = settings.ray.num_cpus
+    utils = ray._private.utils
+    installer = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        ray.init(**kwargs)
+    finally:
+        utils.set_sigterm_handler = installer
 
 
 def quiet_local_ray_auth() -> None:

@@ -1,0 +1,28 @@
+"""init_ray leaves the caller's SIGTERM handler in force while Ray starts (a local Ray, no services)."""
+
+import signal
+
+import pytest
+import ray
+
+from pipelines.config import load_settings
+from pipelines.ray_session import init_ray
+
+
+def test_the_callers_sigterm_handler_survives_ray_init():
+    seen = []
+
+    def handler(signum, _frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already open in this process")
+    try:
+        init_ray(load_settings(None, {"ray": {"num_cpus": 1}}))
+        assert signal.getsignal(signal.SIGTERM) is handler, "ray.init replaced the SIGTERM handler"
+        signal.raise_signal(signal.SIGTERM)
+        assert seen == [signal.SIGTERM]
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
