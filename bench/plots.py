@@ -141,17 +141,18 @@ def capacity_chart(out: Path) -> str | None:
     runs = [r for r in (load("capacity_100k.json"), load("capacity_1m.json")) if r]
     if not runs:
         return "bench/capacity.py --out bench/results/capacity_100k.json"
-    rows = [row for run in runs for row in run["rows"]]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    for quant, m in sorted({(r["quantization"], r["m"]) for r in rows}):
-        series = sorted({r["vectors"]: r for r in rows if (r["quantization"], r["m"]) == (quant, m)}.values(),
-                        key=lambda r: r["vectors"])
-        style = dict(marker="o" if m == 16 else "s", linestyle="-" if m == 16 else "--", color=COLORS.get(quant, "#777"),
-                     label=f"{quant.upper()}, M {m}")
-        x = [r["vectors"] for r in series]
-        axes[0].plot(x, [r["bytes_per_vector"] for r in series], **style)
-        axes[1].plot(x, [r["server_cpu_ms_per_insert"] for r in series], **style)
-        axes[2].plot(x, [r["recall_at_10"] for r in series], **style)
+    for n, run in enumerate(runs):  # each run its own dataset (its topics grow with --max): not merged
+        rows = run["rows"]
+        size = f", to {max(r['vectors'] for r in rows) // 1000}k of the 1M set" if n else ""
+        for quant, m in sorted({(r["quantization"], r["m"]) for r in rows}):
+            series = sorted((r for r in rows if (r["quantization"], r["m"]) == (quant, m)), key=lambda r: r["vectors"])
+            style = dict(marker="o" if m == 16 else "s", linestyle=":" if n else ("-" if m == 16 else "--"),
+                         color="#222" if n else COLORS.get(quant, "#777"), label=f"{quant.upper()}, M {m}{size}")
+            x = [r["vectors"] for r in series]
+            axes[0].plot(x, [r["bytes_per_vector"] for r in series], **style)
+            axes[1].plot(x, [r["server_cpu_ms_per_insert"] for r in series], **style)
+            axes[2].plot(x, [r["recall_at_10"] for r in series], **style)
     for ax, label in zip(axes, ("bytes per vector (INFO used_memory)", "redis-server CPU ms per insert (EF 200)",
                                 "recall@10 vs exact (query EF 200)")):
         ax.set_xscale("log")
