@@ -6,6 +6,7 @@ starts replicas or encodes runs first.
 from __future__ import annotations
 
 import logging
+import signal
 
 import ray
 import ray._private.utils
@@ -39,13 +40,15 @@ def resolve_model(settings: EmbedworkerSettings) -> tuple[EmbedworkerSettings, s
 def init_ray(settings: EmbedworkerSettings) -> None:
     """Connect to the configured Ray cluster, or start a local one (once per process).
 
-    The caller's SIGTERM handler stays in force while Ray starts: started from the main thread,
-    `ray.init` replaces it with one that raises SystemExit wherever the main thread happens to be,
-    and a SIGTERM landing in one of the fork hooks Ray's start runs was swallowed there ("Exception
-    ignored"), so `run` lost the stop and never ended. Ray installs it through
-    `ray._private.utils.set_sigterm_handler`, made a no-op for the call (checked by
-    tests/unit/test_ray_session.py, so a Ray that installs it otherwise fails a test). `ray.init`
-    must run in the main thread: from another, Ray's shutdown later waits for a GCS it lost."""
+    A SIGTERM handler the caller installed (`run`, `serve`) stays in force while Ray starts:
+    started from the main thread, `ray.init` replaces it with one that raises SystemExit wherever
+    the main thread happens to be, and a SIGTERM landing in one of the fork hooks Ray's start runs
+    was swallowed there ("Exception ignored"), so `run` lost the stop and never ended. Ray installs
+    it through `ray._private.utils.set_sigterm_handler`, made a no-op for the call (checked by
+    tests/unit/test_ray_session.py: a Ray that installs it otherwise fails a test). `ray.init` must
+    run in the main thread: from another, Ray's shutdown later waits for a GCS it lost. With no
+    handler of the caller's (the default action), Ray's is installed as before: a SIGTERM exits
+    through Python, and the local Ray is shut down on the way out."""
     if ray.is_initialized():
         return
     kwargs = dict(namespace=settings.ray.namespace, include_dashboard=False, log_to_driver=True,
@@ -55,6 +58,9 @@ def init_ray(settings: EmbedworkerSettings) -> None:
     else:
         quiet_local_ray_auth()
         kwargs["num_cpus"] = settings.ray.num_cpus
+    if not callable(signal.getsignal(signal.SIGTERM)):  # no handler of the caller's: Ray's (exit, clean up)
+        ray.init(**kwargs)
+        return
     utils = ray._private.utils
     installer = utils.set_sigterm_handler
     utils.set_sigterm_handler = lambda handler: None

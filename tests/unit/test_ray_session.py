@@ -26,3 +26,15 @@ def test_the_callers_sigterm_handler_survives_ray_init():
     finally:
         ray.shutdown()
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_without_a_handler_of_the_callers_ray_installs_its_own():
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already open in this process")
+    try:
+        init_ray(load_settings(None, {"ray": {"num_cpus": 1}}))
+        assert callable(signal.getsignal(signal.SIGTERM)), "a SIGTERM would skip Ray's shutdown"
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
