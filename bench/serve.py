@@ -51,9 +51,7 @@ def free_port() -> int:
 
 def write_index(settings, docs: int) -> None:
     from workers.encoding.encoder import Encoder
-    from workers.settings import model_slug
-    from workers.sinks.base import SinkRecord
-    from workers.sinks.redis_vset import RedisVectorSetSink
+    from workers.testing import index_titles
 
     lines = (ROOT / "pipelines/demo_data/news_sample.jsonl").read_text().splitlines()
     news = []
@@ -65,15 +63,9 @@ def write_index(settings, docs: int) -> None:
         if isinstance(record, dict) and isinstance(record.get("title"), str):
             news.append(record)
     encoder = Encoder.from_settings(settings.model, settings.batching)
-    sink = RedisVectorSetSink(settings.redis, model_slug(settings.model.name), settings.model.name, encoder.dim)
-    sink.setup()
-    texts = [f"{news[i % len(news)].get('title', '')} {i}" for i in range(docs)]
-    vectors = encoder.encode_documents(texts)
-    for start in range(0, docs, 500):
-        sink.write([SinkRecord(id=f"doc-{i}", op="upsert", topic="bench", partition=0, offset=i, vector=vectors[i],
-                               title=texts[i], lang=news[i % len(news)].get("lang"), source="bench",
-                               published_at=1_790_000_000 + i) for i in range(start, min(docs, start + 500))])
-    sink.close()
+    index_titles(settings, encoder, [{"id": f"doc-{i}", "title": f"{news[i % len(news)].get('title', '')} {i}",
+                                      "lang": news[i % len(news)].get("lang"), "source": "bench",
+                                      "published_at": 1_790_000_000 + i} for i in range(docs)])
     encoder.close()
 
 

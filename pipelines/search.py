@@ -60,12 +60,16 @@ def alias_key(settings: EmbedworkerSettings) -> str:
     return f"{settings.redis.key_prefix}:current"
 
 
+def alias_target(client, settings: EmbedworkerSettings) -> str | None:
+    """The index name the search alias holds, None when no alias is set."""
+    name = client.get(alias_key(settings))
+    return name.decode() if isinstance(name, bytes) else name
+
+
 def resolve_index(client, settings: EmbedworkerSettings, slug: str) -> VectorSetIndex:
     """The index searches should use: the alias if set, else the configured one."""
     r = settings.redis
-    name = client.get(alias_key(settings))
-    name = name.decode() if isinstance(name, bytes) else (name or r.index or slug)
-    return VectorSetIndex.stored(client, r, name)
+    return VectorSetIndex.stored(client, r, alias_target(client, settings) or r.index or slug)
 
 
 def list_indexes(client, settings: RedisSettings) -> list[str]:
@@ -129,12 +133,9 @@ class Searcher:
             if name is None:
                 index = resolve_index(first, s, model_slug(s.model.name))
             else:
-                target = name
-                if name == "current":
-                    alias = first.get(alias_key(s))
-                    if not alias:
-                        raise UnknownIndexError(f"no search alias is set ({alias_key(s)}); name an index")
-                    target = alias.decode() if isinstance(alias, bytes) else alias
+                target = alias_target(first, s) if name == "current" else name
+                if not target:
+                    raise UnknownIndexError(f"no search alias is set ({alias_key(s)}); name an index")
                 index = VectorSetIndex.stored(first, s.redis, target)
                 if not index.meta:
                     others = list_indexes(first, s.redis)

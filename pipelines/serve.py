@@ -35,6 +35,7 @@ from pipelines.config import EmbedworkerSettings, ServeSettings
 from pipelines.search import FilterError, RedisUnavailableError, Searcher, SearchError, UnknownIndexError
 from pipelines.serve_api import (
     ApiError,
+    EmbeddingQuery,
     check_api_key,
     check_dimensions,
     check_lengths,
@@ -118,19 +119,33 @@ class QueryService:
         body = parse_json(await request.body())
         q = parse_embedding_request(body, self.settings.serve, self.models)
         check_dimensions(body, self.encoder.dim)
-        prefix = self.encoder.query_prefix if q.input_type == "query" else self.encoder.document_prefix
-        counts = await asyncio.to_thread(self.encoder.tokenizer.token_counts, q.texts, prefix)
-        check_lengths(counts, self.encoder.max_tokens, isinstance(body.get("input"), str), q.truncate)
-        vectors = await self.embed(q.texts, q.input_type)
-        tokens = sum(min(n, self.encoder.max_tokens) for n in counts)
+        ids = await asyncio.to_thread(self._token_ids, q, isinstance(body.get("input"), str))
+        vectors = await self.embed(ids, q.input_type)
+        tokens = sum(len(x) for x in ids)
         self.metrics.tokens.inc(tokens)
         return embedding_response(vectors, q.model, q.base64, tokens)
+
+    def _token_ids(self, q: EmbeddingQuery, single: bool) -> list[list[int]]:
+        """Each text tokenized once, whole: its length is checked (an ApiError if over
+        model.max_tokens without `truncate`) and the ids go to the model as they are; only a text
+        cut on request is tokenized again, truncated as the worker truncates."""
+        tokenizer = self.encoder.tokenizer
+        prefix = self.encoder.query_prefix if q.input_type == "query" else self.encoder.document_prefix
+        ids = tokenizer.tokenize_whole(q.texts, prefix)
+        check_lengths([len(x) for x in ids], self.encoder.max_tokens, single, q.truncate)
+        long = [i for i, x in enumerate(ids) if len(x) > self.encoder.max_tokens]
+        if long:
+            cut = tokenizer.tokenize([q.texts[i] for i in long], prefix, chunked=False).ids
+            for i, x in zip(long, cut):
+                ids[i] = x
+        return ids
 
     async def _search(self, request: Request) -> dict:
         q = parse_search_request(parse_json(await request.body()), self.settings.serve)
         t0 = time.perf_counter()
         index = await asyncio.to_thread(self.searcher.resolve, q.index, INDEX_CACHE_S)
-        vector = (await self.embed([q.query], "query"))[0]
+        ids = await asyncio.to_thread(self.encoder.tokenizer.tokenize, [q.query], self.encoder.query_prefix, False)
+        vector = (await self.embed(ids.ids, "query"))[0]
         hits = await asyncio.to_thread(self.searcher.search_vector, vector, q.k, q.filter, q.ef, index)
         return {"query": q.query, "index": index.base, "took_ms": round((time.perf_counter() - t0) * 1000, 2),
                 "hits": [h.to_dict() for h in hits]}
@@ -144,42 +159,33 @@ class QueryService:
         return {"object": "list", "data": [{"id": model_slug(self.settings.model.name), "object": "model",
                                             "owned_by": "embedworker", "root": self.encoder.model_id}]}
 
-    async def embed(self, texts: list[str], input_type: str) -> np.ndarray:
-        """Vectors for one request's texts. Alone in the replica, the request goes to the model at
-        once; with others in flight it joins a batch (waiting at most serve.batch_wait_ms), so a
-        lone client pays no batching wait and concurrent ones share forward passes."""
+    async def embed(self, ids: list[list[int]], input_type: str) -> np.ndarray:
+        """Vectors for one request's tokenized texts. Alone in the replica, the request goes to the
+        model at once; with others in flight it joins a batch (waiting at most serve.batch_wait_ms),
+        so a lone client pays no batching wait and concurrent ones share forward passes."""
         self._embedding += 1
         try:
             if self._embedding == 1:
-                return (await asyncio.to_thread(self._encode_requests, [(texts, input_type)]))[0]
-            return await self.embed_batch((texts, input_type))
+                return (await asyncio.to_thread(self._encode_requests, [(ids, input_type)]))[0]
+            return await self.embed_batch((ids, input_type))
         finally:
             self._embedding -= 1
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)  # both set from serve: in __init__
-    async def embed_batch(self, requests: list[tuple[list[str], str]]) -> list[np.ndarray]:
+    async def embed_batch(self, requests: list[tuple[list[list[int]], str]]) -> list[np.ndarray]:
         """The batched path of `embed` (in a thread, so that the next batch gathers meanwhile)."""
         return await asyncio.to_thread(self._encode_requests, requests)
 
-    def _encode_requests(self, requests: list[tuple[list[str], str]]) -> list[np.ndarray]:
-        """Each request's vectors: the queries of all of them in one encoder call, their passages
-        in another. Raises what the encoder raises (a 500 in words)."""
+    def _encode_requests(self, requests: list[tuple[list[list[int]], str]]) -> list[np.ndarray]:
+        """Each request's vectors, the texts of all of them (queries and passages: the prefixes are
+        in the ids) in one encoder call. Raises what the encoder raises (a 500 in words)."""
         self.metrics.batch_requests.observe(len(requests))
-        self.metrics.batch_inputs.observe(sum(len(t) for t, _ in requests))
-        out: list[np.ndarray] = [np.empty(0)] * len(requests)
-        for kind, encode in (("query", self.encoder.encode_queries), ("passage", self.encoder.encode_documents)):
-            picked = [i for i, (_, k) in enumerate(requests) if k == kind]
-            if not picked:
-                continue
-            flat = [text for i in picked for text in requests[i][0]]
-            self.metrics.inputs.labels(kind).inc(len(flat))
-            vectors = encode(flat)
-            start = 0
-            for i in picked:
-                n = len(requests[i][0])
-                out[i] = vectors[start:start + n]
-                start += n
-        return out
+        self.metrics.batch_inputs.observe(sum(len(ids) for ids, _ in requests))
+        for ids, kind in requests:
+            self.metrics.inputs.labels(kind).inc(len(ids))
+        vectors = self.encoder.encode_token_ids([x for ids, _ in requests for x in ids])
+        ends = np.cumsum([len(ids) for ids, _ in requests])
+        return np.split(vectors, ends[:-1])
 
     async def _answer(self, route: str, request: Request, handler, authenticate: bool = True) -> Response:
         """Run `handler`, answer its dict as JSON or its failure as an error in words; count both."""

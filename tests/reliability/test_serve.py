@@ -25,8 +25,7 @@ from tests.helpers import make_settings, wait_until
 from tests.reliability.conftest import service
 from workers.encoding.encoder import Encoder
 from workers.settings import model_slug
-from workers.sinks.base import SinkRecord
-from workers.sinks.redis_vset import RedisVectorSetSink
+from workers.testing import index_titles
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]
 
@@ -124,13 +123,8 @@ def served(tmp_path_factory, tiny_model_dir):
                              model={"max_tokens": 64}, ray={"num_cpus": 2},
                              serve={"port": port, "max_inputs": 8, "batch_wait_ms": 20, "num_cpus": 0.5})
     encoder = Encoder.from_settings(settings.model, settings.batching)
-    sink = RedisVectorSetSink(settings.redis, model_slug(settings.model.name), settings.model.name, encoder.dim)
-    sink.setup()
-    vectors = encoder.encode_documents([title for _, title, *_ in DOCS])
-    sink.write([SinkRecord(id=d, op="upsert", topic="t", partition=0, offset=i, vector=vectors[i], title=title,
-                           url=f"https://news.example/{d}", source=source, lang=lang, published_at=at)
-                for i, (d, title, lang, at, source) in enumerate(DOCS)])
-    sink.close()
+    index_titles(settings, encoder, [{"id": d, "title": title, "url": f"https://news.example/{d}", "source": source,
+                                      "lang": lang, "published_at": at} for d, title, lang, at, source in DOCS])
     data = settings.model_dump(mode="json")
     data["serve"]["api_key"] = KEY
     config = tmp / "serve.yaml"
@@ -159,7 +153,7 @@ def test_openai_client_gets_the_encoders_vectors(served):
         got = client.embeddings.create(model=slug, input=texts, **fmt)
         assert [d.index for d in got.data] == [0, 1, 2]
         assert np.allclose(np.array([d.embedding for d in got.data]), encoder.encode_queries(texts), atol=1e-5)
-        assert got.usage.prompt_tokens == sum(encoder.tokenizer.token_counts(texts, encoder.query_prefix))
+        assert got.usage.prompt_tokens == sum(len(x) for x in encoder.tokenizer.tokenize_whole(texts, encoder.query_prefix))
     passages = client.embeddings.create(model=slug, input="반도체 수출", extra_body={"input_type": "passage"})
     assert np.allclose(passages.data[0].embedding, encoder.encode_documents(["반도체 수출"])[0], atol=1e-5)
     raw = svc.post("/v1/embeddings", {"input": "x", "encoding_format": "base64"}).json()

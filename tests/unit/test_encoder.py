@@ -79,6 +79,14 @@ def test_prefixes_are_applied(tiny):
     assert not np.allclose(tiny.encode_documents(["abc"]), tiny.encode_queries(["abc"]), atol=1e-3)
 
 
+def test_token_ids_give_the_vectors_of_their_texts(real):
+    queries = real.tokenizer.tokenize(TEXTS, real.query_prefix, chunked=False).ids
+    passages = real.tokenizer.tokenize(TEXTS, real.document_prefix, chunked=False).ids
+    got = real.encode_token_ids(queries + passages)
+    assert np.max(np.abs(got[:len(TEXTS)] - real.encode_queries(TEXTS))) < 1e-5
+    assert np.max(np.abs(got[len(TEXTS):] - real.encode_documents(TEXTS))) < 1e-5
+
+
 def test_related_sentences_score_above_unrelated_with_the_real_model(real):
     q = real.encode_queries(["How is the weather going to be tomorrow?"])[0]
     docs = real.encode_documents([

@@ -69,3 +69,15 @@ def test_space_cut_truncation_is_exact(tokenizer_json, texts):
     for start in range(0, len(corpus), 500):  # in worker-sized calls, so the estimate moves between them
         got = ours.tokenize(corpus[start:start + 500], "passage: ").ids
         assert got == expected[start:start + 500]
+
+
+def test_whole_tokenizing_equals_truncating_within_the_limit(tokenizer_json):
+    """The query service embeds `tokenize_whole`'s ids of every text within max_tokens as they are."""
+    corpus = mix("short", 300) + hostile()
+    ours = TextTokenizer(Tokenizer.from_file(str(tokenizer_json)), 64)
+    whole = ours.tokenize_whole(corpus, "query: ")
+    cut = ours.tokenize(corpus, "query: ", chunked=False).ids
+    within = [i for i, ids in enumerate(whole) if len(ids) <= 64]
+    assert 0 < len(within) < len(corpus)  # both kinds are in the corpus
+    assert all(whole[i] == cut[i] for i in within)
+    assert all(len(whole[i]) > len(cut[i]) == 64 for i in range(len(corpus)) if i not in within)

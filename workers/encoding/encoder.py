@@ -147,6 +147,11 @@ class Encoder:
             return self._processes.submit(texts, prefix, chunked)
         return self._pool.submit(self.tokenizer.tokenize, texts, prefix, chunked)
 
+    def encode_token_ids(self, ids: list[list[int]]) -> np.ndarray:
+        """(len(ids), dim) float32 vectors of texts already tokenized (prefix and special tokens
+        included, at most max_tokens each), in token-budget batches like every other path."""
+        return self._encode_tokenized(TokenizedTexts(ids=ids, doc=list(range(len(ids))), chunk=[0] * len(ids)))
+
     def forward(self, ids: list[list[int]]) -> np.ndarray:
         """Vectors for one batch of token id lists (pads, runs the model, pools, normalizes)."""
         return self.collect(self.launch(ids, self._padded_len(ids)))

@@ -172,12 +172,13 @@ class TextTokenizer:
         out.ids = self._tokenize_truncated(chunk_texts)
         return out
 
-    def token_counts(self, texts: list[str], prefix: str = "") -> list[int]:
-        """Tokens the model would see for each `prefix + text`, special tokens included and nothing
-        truncated (the query service's usage counts and its too-long check)."""
+    def tokenize_whole(self, texts: list[str], prefix: str = "") -> list[list[int]]:
+        """Token ids of each `prefix + text`, special tokens included and nothing truncated; the
+        query service's: it counts them (usage, its too-long check) and embeds those within
+        max_tokens as they are (they equal what `tokenize` gives for them)."""
         if self.lower_case:
             prefix, texts = prefix.lower(), [t.lower() for t in texts]
-        return [len(e.ids) for e in self._plain.encode_batch([prefix + t for t in texts])]
+        return [e.ids for e in self._plain.encode_batch([prefix + t for t in texts])]
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` with special tokens, untruncated; for reports and tests."""
