@@ -6,6 +6,10 @@ each title names the machine and the date of the run it draws.
     hostpath.png   (b) CPU per document around the model, by stage, before and after (stacked)
     index.png      (c) recall@10 vs queries/s for NOQUANT / Q8 / BIN across EF and shard counts
     latency.png    (d) end-to-end latency (Kafka timestamp -> found in Redis), CDF with p50/p95/p99
+    capacity.png   (e) one vector set as it grows to 1M: bytes, server CPU per insert, recall
+    capacity_sentences.png (f) real e5 embeddings: CPU per insert and recall by (quantization, M,
+                   insert EF), and recall against query EF at the largest size, with each
+                   quantization's ceiling (exact search over the quantized vectors)
 
 A chart whose results file is missing is skipped with a line saying which bench makes it.
 """
@@ -153,16 +157,52 @@ def capacity_chart(out: Path) -> str | None:
             axes[0].plot(x, [r["bytes_per_vector"] for r in series], **style)
             axes[1].plot(x, [r["server_cpu_ms_per_insert"] for r in series], **style)
             axes[2].plot(x, [r["recall_at_10"] for r in series], **style)
-    for ax, label in zip(axes, ("bytes per vector (INFO used_memory)", "redis-server CPU ms per insert (EF 200)",
-                                "recall@10 vs exact (query EF 200)")):
+    _log_panels(fig, axes, ("bytes per vector (INFO used_memory)", "redis-server CPU ms per insert (EF 200)",
+                            "recall@10 vs exact (query EF 200)"),
+                "One vector set as it grows: 384-d clustered vectors with news attributes", runs[0])
+    return _save(fig, out / "capacity.png")
+
+
+def capacity_sentences_chart(out: Path) -> str | None:
+    run = load("capacity_sentences.json")
+    if not run:
+        return "bench/capacity.py --data sentences --out bench/results/capacity_sentences.json"
+    rows = run["rows"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    configs = sorted({(r["quantization"], r["m"], r["ef_build"]) for r in rows})
+    largest = max(r["vectors"] for r in rows)
+    for quant, m, ef in configs:
+        series = sorted((r for r in rows if (r["quantization"], r["m"], r["ef_build"]) == (quant, m, ef)),
+                        key=lambda r: r["vectors"])
+        style = dict(marker="o" if m == 16 else "s", linestyle="-" if ef >= 200 else "--",
+                     color=COLORS.get(quant, "#777"), label=f"{quant.upper()}, M {m}, EF {ef}")
+        x = [r["vectors"] for r in series]
+        axes[0].plot(x, [r["server_cpu_ms_per_insert"] for r in series], **style)
+        axes[1].plot(x, [r["recall_at_10"] for r in series], **style)
+        by_ef = series[-1].get("by_query_ef") or {}
+        efs = sorted(by_ef, key=int)
+        axes[2].plot([int(e) for e in efs], [by_ef[e]["recall_at_10"] for e in efs], **style)
+    for quant in sorted({c[0] for c in configs}):
+        top = max(r["recall_ceiling"] for r in rows if r["quantization"] == quant and r["vectors"] == largest)
+        axes[2].axhline(top, color=COLORS.get(quant, "#777"), alpha=0.5, linewidth=1)
+    axes[2].axhline(0.99, color="#000", linestyle=":", linewidth=1)
+    _log_panels(fig, axes, ("redis-server CPU ms per insert", "recall@10 vs exact (first query EF)",
+                            f"recall@10 at {largest // 1000}k vs query EF (lines: ceilings, 0.99)"),
+                "Real e5 embeddings of local English sentences (bench/sentence_vectors.py)", run)
+    axes[2].set_xlabel("query EF")
+    return _save(fig, out / "capacity_sentences.png")
+
+
+def _log_panels(fig, axes, labels, title: str, run: dict) -> None:
+    """Log-scaled x (vectors in the set), the labels, a legend in the first panel, the title with
+    the run's machine and date."""
+    for ax, label in zip(axes, labels):
         ax.set_xscale("log")
         ax.set_xlabel("vectors in the set")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"One vector set as it grows: 384-d clustered vectors with news attributes, "
-                 f"{runs[0].get('machine', '?')}, {runs[0].get('date', '?')}", fontsize=10)
-    return _save(fig, out / "capacity.png")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}, {run.get('machine', '?')}, {run.get('date', '?')}", fontsize=10)
 
 
 def _save(fig, path: Path) -> None:
@@ -180,7 +220,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     missing = [m for m in (encoder_chart(out), hostpath_chart(out), index_chart(out), latency_chart(out),
-                           capacity_chart(out)) if m]
+                           capacity_chart(out), capacity_sentences_chart(out)) if m]
     for how in missing:
         print(f"skipped a chart: no results yet; make them with {how}", file=sys.stderr)
     return 0
