@@ -160,7 +160,9 @@ def main() -> None:
     ap.add_argument("--tokenizer-threads", type=int, default=1)
     ap.add_argument("--tokenizer-processes", type=int, default=0, help="model.tokenizer_processes (0: threads)")
     ap.add_argument("--shards", type=int, default=1)
-    ap.add_argument("--ef", type=int, default=200)
+    ap.add_argument("--ef", type=int, default=100, help="redis.ef (the default; runs before 2026-11-30 used 200)")
+    ap.add_argument("--quantization", default=None, choices=["q8", "noquant", "bin"],
+                    help="redis.quantization (default: a new index's, noquant; runs before 2026-11-30 were q8)")
     ap.add_argument("--cas", action="store_true", help="redis.cas: VADD ... CAS")
     ap.add_argument("--forward", default="stub", choices=["stub", "zero-layer"],
                     help="stub: O(1) per document; zero-layer: the real encoder on the zero-layer BERT (as `embedworker run`)")
@@ -191,7 +193,8 @@ def main() -> None:
     settings = settings_for(str(model_dir), tmp, tag,
                             model={"tokenizer_threads": args.tokenizer_threads, "torch_threads": 1,
                                    "tokenizer_processes": args.tokenizer_processes},
-                            redis={"shards": args.shards, "ef": args.ef, "cas": args.cas},
+                            redis={"shards": args.shards, "ef": args.ef, "cas": args.cas,
+                                   "quantization": args.quantization},
                             workers={"num_cpus": 1, "max_in_flight": 8192}, ray={"num_cpus": 2})
     produce(settings, docs)
     watcher = CommitWatcher(settings)
@@ -233,7 +236,8 @@ def main() -> None:
     res = {"bench": "hostpath", "machine": _cpu_name(), "date": time.strftime("%Y-%m-%d"), "mix": args.mix, "n": n,
            "tokenizer": str(tokenizer_json.name), "tokenizer_threads": args.tokenizer_threads,
            "tokenizer_processes": args.tokenizer_processes, "shards": args.shards,
-           "ef": args.ef, "cas": args.cas, "forward": args.forward, "window_docs": docs_window, "docs_s": round(docs_window / seconds, 1),
+           "ef": args.ef, "quantization": args.quantization or "noquant", "cas": args.cas, "forward": args.forward,
+           "window_docs": docs_window, "docs_s": round(docs_window / seconds, 1),
            "worker_cpu_ms_per_doc": round(worker_ms, 4), "tokenize_cpu_ms_per_doc": round(tok_ms, 4),
            "overhead_cpu_ms_per_doc": round(worker_ms - tok_ms, 4), "redis_cpu_ms_per_doc": round(redis_ms, 4),
            "kafka_cpu_ms_per_doc": round(kafka_ms, 4),

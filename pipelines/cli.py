@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", default=None, help="a vector-set FILTER expression, e.g. '.lang == \"ko\"'")
-    p.add_argument("--ef", type=int, default=None, help="search exploration factor")
+    p.add_argument("--ef", type=int, default=None, help="search exploration factor (default: redis.search_ef)")
     p.add_argument("--json", action="store_true")
     p = command("serve", cmd_serve, "serve query embeddings (OpenAI-compatible) and search over HTTP (Ray Serve)")
     p.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")

@@ -32,7 +32,7 @@ from pipelines.produce import produce_file
 from pipelines.search import Searcher
 from workers.encoding.encoder import Encoder
 from workers.kafka.clients import new_admin
-from workers.settings import model_slug
+from workers.settings import DEFAULT_QUANTIZATION, model_slug
 from workers.sinks.base import SinkRecord
 from workers.sinks.parquet_files import open_filesystem
 from workers.sinks.redis_client import connect
@@ -58,8 +58,9 @@ def variants_from(settings: EmbedworkerSettings, quantizations=None, ms=None, ef
     """Every combination of the given options; an option not given keeps the config's value.
     The first variant is the configured index, the one the pipeline builds itself."""
     r = settings.redis
-    base = IndexVariant(r.quantization, r.m, r.ef, None, r.shards)
-    combos = itertools.product(quantizations or [r.quantization], ms or [r.m], ef_builds or [r.ef],
+    quantization = r.quantization or DEFAULT_QUANTIZATION  # the eval's indexes are new ones
+    base = IndexVariant(quantization, r.m, r.ef, None, r.shards)
+    combos = itertools.product(quantizations or [quantization], ms or [r.m], ef_builds or [r.ef],
                                ef_searches or [None], shard_counts or [r.shards])
     out = [base] + [IndexVariant(q.lower(), m, eb, es, s) for q, m, eb, es, s in combos]
     return list(dict.fromkeys(out))

@@ -160,7 +160,7 @@ class Searcher:
         keys = index.shard_keys()
         clients = self._clients(index)
 
-        args: list = ["WITHSCORES", "WITHATTRIBS", "COUNT", count, "EF", ef or self.settings.redis.ef]
+        args: list = ["WITHSCORES", "WITHATTRIBS", "COUNT", count, "EF", ef or self.settings.redis.search_ef]
         if filter:
             args += ["FILTER", filter]
 

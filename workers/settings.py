@@ -218,6 +218,9 @@ class DocumentSettings(_Section):
     min_published_year: int = Field(1900, ge=1)    # published_at before this year: rejected
 
 
+DEFAULT_QUANTIZATION = "noquant"
+
+
 class RedisSettings(_Section):
     enabled: bool = True
     url: str = "redis://localhost:6379/0"
@@ -229,8 +232,11 @@ class RedisSettings(_Section):
     key_prefix: str = "news"
     index: str | None = None      # the vector set name after the prefix; default: the model slug
     shards: int = Field(1, ge=1, le=1024)
-    quantization: Literal["q8", "noquant", "bin"] = "q8"
-    ef: int = Field(200, gt=0)
+    # None: an existing index keeps the quantization it was built with, a new one gets
+    # DEFAULT_QUANTIZATION (bench/RESULTS.md "Choosing the index defaults" says why).
+    quantization: Literal["q8", "noquant", "bin"] | None = None
+    ef: int = Field(100, gt=0)          # EF of every insert (VADD)
+    search_ef: int = Field(1000, gt=0)  # EF of searches that name none (VSIM)
     m: int = Field(16, ge=4)
     # VADD ... CAS: the neighbour search of an insert runs on a Redis thread, and only the link
     # step holds the main thread (see bench/RESULTS.md for when it pays).

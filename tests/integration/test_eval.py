@@ -57,12 +57,12 @@ def test_eval_through_the_pipeline_matches_brute_force_and_q8_keeps_recall(
         assert exact[metric] == pytest.approx(value, abs=0.01), metric
 
     # The configured index: Q8, default EF, one vector set.
-    assert configured["name"] == "q8 M16 ef-build 200 ef default x1"
+    assert configured["name"] == "q8 M16 ef-build 100 ef default x1"
     assert configured["recall@10 vs exact"] >= 0.98
     assert abs(configured["ndcg@10 diff"]) <= 0.02
     rows = {r["name"]: r for r in report["results"][1:]}
-    assert rows["q8 M16 ef-build 200 ef default x4"]["recall@10 vs exact"] >= 0.98
-    assert rows["bin M16 ef-build 200 ef default x1"]["recall@10 vs exact"] < configured["recall@10 vs exact"]
+    assert rows["q8 M16 ef-build 100 ef default x4"]["recall@10 vs exact"] >= 0.98
+    assert rows["bin M16 ef-build 100 ef default x1"]["recall@10 vs exact"] < configured["recall@10 vs exact"]
 
     # The eval removed what it made.
     assert not list(redis_client.scan_iter(match=f"{settings.redis.key_prefix}-eval-{report['run_id']}*"))

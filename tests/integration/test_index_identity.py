@@ -11,6 +11,7 @@ import yaml
 from pipelines.cli import main
 from tests.helpers import make_settings
 from workers.errors import IndexMismatchError
+from workers.settings import DEFAULT_QUANTIZATION
 from workers.sinks.base import SinkRecord
 from workers.sinks.redis_vset import RedisVectorSetSink
 from workers.testing import make_random_model
@@ -51,6 +52,34 @@ def test_another_model_prefix_or_quantization_is_refused(kafka_bootstrap, redis_
         assert f"test{unique}:common" in str(info.value)
     assert redis_client.hgetall(meta_key) == meta_before
     assert redis_client.execute_command("VCARD", first.index.shard_keys()[0]) == 1
+
+
+def test_an_unset_quantization_keeps_an_index_s_own_and_gives_a_new_one_the_default(
+        kafka_bootstrap, redis_url, redis_client, tiny_model_dir, tmp_path, unique):
+    """An index built with q8 under the old default keeps working after the default changed."""
+    unset = make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique).redis.model_copy(
+        update={"quantization": None, "index": "older"})
+
+    def write(redis_settings, doc: str) -> RedisVectorSetSink:
+        sink = RedisVectorSetSink(redis_settings, "tiny", "org/model-a", 32, "passage: ")
+        sink.setup()
+        sink.write([SinkRecord(id=doc, op="upsert", topic="t", partition=0, offset=0, vector=vector(len(doc)))])
+        sink.close()
+        return sink
+
+    def quant_type(sink: RedisVectorSetSink) -> str:
+        info = redis_client.execute_command("VINFO", sink.index.shard_keys()[0])  # a dict (redis-py parses it)
+        value = {k.decode() if isinstance(k, bytes) else k: v for k, v in info.items()}["quant-type"]
+        return value.decode() if isinstance(value, bytes) else value
+
+    old = write(unset.model_copy(update={"quantization": "q8"}), "a-1")
+    kept = write(unset, "a-22")
+    assert kept.quantization == "q8" and quant_type(kept) == "int8"
+    assert redis_client.execute_command("VCARD", kept.index.shard_keys()[0]) == 2
+    assert redis_client.hget(old.index.meta_key, "quantization") == b"q8"
+    new = write(unset.model_copy(update={"index": "newer"}), "b-1")
+    assert new.quantization == DEFAULT_QUANTIZATION == "noquant" and quant_type(new) == "f32"
+    assert redis_client.hget(new.index.meta_key, "quantization") == b"noquant"
 
 
 def test_a_backfill_of_another_model_into_an_index_exits_2_before_any_work(kafka_bootstrap, redis_url, redis_client,

@@ -1,9 +1,11 @@
 """Shard key names: the plain layout keeps the names indexes always had; the slots layout (new
 indexes on Redis Cluster) spreads S shards evenly over masters with equal slot ranges, with names
-that depend on S alone; an index keeps the layout its meta hash recorded."""
+that depend on S alone; an index keeps the layout its meta hash recorded. A search that names no
+EF uses redis.search_ef (inserts use redis.ef)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from redis.crc import key_slot
 
@@ -61,3 +63,23 @@ def test_the_layout_comes_from_the_meta_hash_and_new_cluster_indexes_get_slots()
         VectorSetIndex("news", "i", 4, "slots").shard_keys()
     with pytest.raises(ValueError, match="unknown key layout"):
         VectorSetIndex.from_meta(single, "i", {"shards": "2", "key_layout": "zigzag"})
+
+
+def test_a_search_without_its_own_ef_uses_redis_search_ef_not_the_insert_ef():
+    from pipelines.config import load_settings
+    from pipelines.search import Searcher
+
+    settings = load_settings(None, {"redis": {"ef": 77, "search_ef": 1234}})
+    calls: list[tuple] = []
+
+    class Shard:
+        def execute_command(self, *args):
+            calls.append(args)
+            return []
+
+    searcher = Searcher(settings)
+    searcher._clients = lambda index: [Shard()]
+    index = VectorSetIndex.new(settings.redis, "x")
+    searcher.search_vector(np.ones(4, np.float32), index=index)
+    searcher.search_vector(np.ones(4, np.float32), ef=50, index=index)
+    assert [c[c.index("EF") + 1] for c in calls] == [1234, 50]

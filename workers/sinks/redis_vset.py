@@ -33,7 +33,7 @@ import redis
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
 
 from workers.errors import IndexMismatchError, SinkBackpressureError, SinkError
-from workers.settings import RedisSettings, redact_url
+from workers.settings import DEFAULT_QUANTIZATION, RedisSettings, redact_url
 from workers.sinks.base import TP, SinkRecord
 from workers.sinks.redis_client import (
     CLUSTER_REDIRECTS,
@@ -61,6 +61,7 @@ class RedisVectorSetSink:
         self.document_prefix = document_prefix  # None: not recorded, not checked (vectors made elsewhere)
         self.index = VectorSetIndex.new(settings, settings.index or model_slug)  # setup() reads the stored one
         self._cas = ("CAS",) if settings.cas else ()
+        self.quantization = settings.quantization or DEFAULT_QUANTIZATION  # setup() keeps a stored index's
         self._clients: list = []
         self._policy = retry_policy(settings)
         self._backoff = retry_backoff(settings)  # the waits between the stage's write attempts
@@ -91,8 +92,9 @@ class RedisVectorSetSink:
         stored = self._call(self._url_of(0), lambda: VectorSetIndex.stored(client, self.settings, name), retry=True)
         self._check_identity(stored)
         self.index = stored
+        self.quantization = self.settings.quantization or stored.meta.get("quantization") or DEFAULT_QUANTIZATION
         meta = {"model": self.model_id, "model_slug": self.model_slug, "dim": self.dim, "shards": self.index.shards,
-                "quantization": self.settings.quantization, "key_layout": self.index.layout}
+                "quantization": self.quantization, "key_layout": self.index.layout}
         if self.document_prefix is not None:
             meta["document_prefix"] = self.document_prefix
         self._call(self._url_of(0), lambda: client.hset(self.index.meta_key, mapping={k: str(v) for k, v in meta.items()}),
@@ -129,7 +131,7 @@ class RedisVectorSetSink:
         target = self._master_of(client, key)
         chunks_now = self._stored_chunk_counts(target, key, records)  # kept current through the batch
         commands: list[tuple] = []
-        quant = self.settings.quantization.upper()
+        quant = self.quantization.upper()
         times = VectorSetIndex.times_key(key) if self._retention_s is not None else None
         cutoff = time.time() - self._retention_s if self._retention_s is not None else float("-inf")
         too_old = 0
