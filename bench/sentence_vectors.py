@@ -15,6 +15,7 @@ and embedding resumes where it stopped:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import sysconfig
@@ -70,6 +71,14 @@ def load(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.load(passages, mmap_mode="r")[:n].astype(np.float32), np.load(queries)
 
 
+def save(path: Path, array: np.ndarray) -> None:
+    """Whole or not at all: a kill while writing leaves the previous file."""
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as out:
+        np.save(out, array)
+    os.replace(part, path)
+
+
 def embed(n: int, threads: int) -> None:
     """Embeds the first n sentences (documents) and the next 200 (queries); resumable."""
     sys.path.insert(0, str(ROOT))
@@ -77,13 +86,17 @@ def embed(n: int, threads: int) -> None:
 
     CACHE.mkdir(parents=True, exist_ok=True)
     text_path, passages_path, queries_path = paths(n)
+    if passages_path.exists() and queries_path.exists():
+        print(f"{passages_path} and its queries are there already", file=sys.stderr)
+        return
     if text_path.exists():
         texts = text_path.read_text().split("\n")
     else:
         texts = local_sentences()[:n + QUERIES]
         if len(texts) < n + QUERIES:
             raise SystemExit(f"only {len(texts)} sentences found on this machine; ask for fewer")
-        text_path.write_text("\n".join(texts))
+        text_path.with_name(text_path.name + ".part").write_text("\n".join(texts))
+        os.replace(text_path.with_name(text_path.name + ".part"), text_path)
     encoder = Encoder.load(MODEL, device="cpu", max_tokens=128, torch_threads=threads, tokenizer_threads=1)
     partial = CACHE / f"sentences_{n}_partial.npy"
     done = np.load(partial) if partial.exists() else np.zeros((0, encoder.dim), np.float32)
@@ -91,11 +104,11 @@ def embed(n: int, threads: int) -> None:
     while len(done) < n:
         chunk = encoder.encode_documents(texts[len(done):min(n, len(done) + CHUNK)])
         done = np.concatenate([done, chunk])
-        np.save(partial, done)
+        save(partial, done)
         rate = (len(done) - start) / (time.perf_counter() - t0)
         print(f"{len(done)}/{n} sentences, {rate:.0f}/s", file=sys.stderr, flush=True)
-    np.save(queries_path, encoder.encode_queries(texts[n:n + QUERIES]))
-    np.save(passages_path, done)
+    save(queries_path, encoder.encode_queries(texts[n:n + QUERIES]))
+    save(passages_path, done)
     partial.unlink(missing_ok=True)
     encoder.close()
 
