@@ -52,6 +52,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # PNG charts from the recorded benchmark results (bench/results/*.json -> bench/plots/).
 plots: install

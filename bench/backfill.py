@@ -62,7 +62,7 @@ def processes(model_dir: str, device: str, texts: list[str], n_proc: int, budget
 def ray_backfill(model_dir: str, texts: list[str], actors: int, tmp: Path) -> float:
     import uuid
 
-    from pipelines.backfill import BackfillJob
+    from pipelines.batch.backfill import BackfillJob
     from pipelines.config import load_settings
 
     folder = tmp / f"input-{actors}"
@@ -95,7 +95,7 @@ def main() -> None:
     from encoder import _cpu_name
     from mixes import docs, stand_in_tokenizer
 
-    from workers.testing import make_random_model
+    from tests.support.models import make_random_model
 
     texts = docs(args.mix, args.n)
     model_dir = str(make_random_model(Path(tempfile.gettempdir()) / "embedworker-bench-koen-e5-tiny",

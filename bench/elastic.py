@@ -6,7 +6,7 @@ compared within this run:
    default, `kafka.session_timeout_ms` 30 s) and without (as before: dynamic members, 10 s).
 2. A backlog drained by one fixed replica, then by the autoscaler (min 1, max 3): the time from
    the first replica ready to everything committed, and the ratio. Replicas are paced at 50
-   docs/s each (workers.testing_workers.PacedWorker, sleeping as a loaded GPU would), so the
+   docs/s each (tests.support.workers.PacedWorker, sleeping as a loaded GPU would), so the
    ratio says what scaling buys when the encoder is the bottleneck, not what 2 CPU cores do.
 
     .venv/bin/python bench/elastic.py [--docs 5000] [--kills 3] [--only recovery|backlog]
@@ -40,7 +40,7 @@ def documents(n: int, tag: str) -> list[dict]:
 
 
 def supervised(settings, worker_class):
-    from pipelines.stream import StreamSupervisor
+    from pipelines.stream.supervisor import StreamSupervisor
 
     supervisor = StreamSupervisor(settings, worker_class=worker_class)
     supervisor.start()
@@ -65,8 +65,8 @@ def recovery(model: str, tmp: Path, static: bool, kills: int) -> dict:
     settings = settings_for(model, tmp, tag, kafka={"static_membership": static,
                                                     "session_timeout_ms": 30000 if static else 10000},
                             workers={"replicas": 2, "num_cpus": 0.5}, ray={"num_cpus": 4})
-    from pipelines.produce import ensure_topic
-    from workers.worker import EmbeddingWorker
+    from pipelines.ops.produce import ensure_topic
+    from workers.stream.worker import EmbeddingWorker
 
     ensure_topic(settings, settings.kafka.topic, 6)
     supervisor, thread = supervised(settings, EmbeddingWorker)
@@ -123,7 +123,7 @@ def _consumed(actor) -> int:
 
 
 def backlog(model: str, tmp: Path, n: int, autoscale: bool) -> dict:
-    from workers.testing_workers import PacedWorker
+    from tests.support.workers import PacedWorker
 
     tag = f"backlog-{'auto' if autoscale else 'one'}-{uuid.uuid4().hex[:6]}"
     scale = {"enabled": autoscale, "min_replicas": 1, "max_replicas": 3, "catch_up_s": 10, "scale_down_after_s": 30,
@@ -132,7 +132,7 @@ def backlog(model: str, tmp: Path, n: int, autoscale: bool) -> dict:
     settings = settings_for(model, tmp, tag, workers={"replicas": 1, "num_cpus": 0.5, "max_in_flight": 256,
                                                       "autoscale": scale}, ray={"num_cpus": 4},
                             batching={"max_batch_size": 32})
-    from pipelines.produce import ensure_topic
+    from pipelines.ops.produce import ensure_topic
 
     ensure_topic(settings, settings.kafka.topic, 6)
     produce(settings, documents(n, tag))
@@ -167,7 +167,7 @@ def main() -> None:
     import ray
 
     from pipelines.ray_session import quiet_local_ray_auth
-    from workers.testing import make_random_model
+    from tests.support.models import make_random_model
 
     quiet_local_ray_auth()
     ray.init(num_cpus=4, include_dashboard=False, namespace="embedworker-bench", configure_logging=False,

@@ -63,8 +63,8 @@ def main() -> None:
     from mixes import docs, stand_in_tokenizer
     from sentence_transformers import SentenceTransformer
 
+    from tests.support.models import make_random_model
     from workers.encoding.encoder import Encoder
-    from workers.testing import make_random_model
 
     gpu = args.device.startswith("cuda")
     n = args.n or (20000 if gpu else 400)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # tokenize_alone: one thread (set before tokenizers loads)
 
-from workers.worker import EmbeddingWorker  # noqa: E402
+from workers.stream.worker import EmbeddingWorker  # noqa: E402
 
 H100_DOCS_S = {"news": 10_900, "short": 55_000}  # measured forward rates, ../shared/bench/results
 TICK = os.sysconf("SC_CLK_TCK")
@@ -176,9 +176,9 @@ def main() -> None:
     from mixes import stand_in_tokenizer
     from stream import CommitWatcher, cleanup, produce, settings_for
 
-    from pipelines.stream import StreamSupervisor
+    from pipelines.stream.supervisor import StreamSupervisor
+    from tests.support.models import make_random_model
     from workers import logs
-    from workers.testing import make_random_model
 
     logs.configure("WARNING")
     tokenizer_json = Path(args.tokenizer) if args.tokenizer else stand_in_tokenizer(args.shared)

@@ -115,7 +115,7 @@ def run_set(name, base, queries, args, layouts) -> list[dict]:
 
 
 def eval_set_vectors(model: str) -> tuple[np.ndarray, np.ndarray]:
-    from pipelines.eval_data import EvalSet
+    from pipelines.evaluation.eval_sets import EvalSet
     from workers.encoding.encoder import Encoder
 
     data = EvalSet.load()

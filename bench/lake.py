@@ -88,8 +88,8 @@ def best(fn, reps: int = 3) -> float:
 
 def measure(path: Path, fmt: str) -> dict:
     from pipelines.config import load_settings
-    from pipelines.status import parquet_status
-    from workers.lake_settings import ParquetSettings
+    from pipelines.ops.status import parquet_status
+    from workers.settings import ParquetSettings
     from workers.sinks.lake import new_parquet_sink
 
     settings = load_settings(None, {"parquet": {"path": str(path), "format": fmt}, "redis": {"index": "v1"},
@@ -119,7 +119,7 @@ def measure_restore(n: int, redis_url: str) -> dict:
     import numpy as np
 
     from pipelines.config import load_settings
-    from pipelines.restore import restore_index
+    from pipelines.maintenance.restore import restore_index
     from workers.sinks.base import SinkRecord
     from workers.sinks.lake import DeltaLakeSink
     from workers.sinks.redis_client import connect

@@ -50,8 +50,8 @@ def free_port() -> int:
 
 
 def write_index(settings, docs: int) -> None:
+    from tests.support.models import index_titles
     from workers.encoding.encoder import Encoder
-    from workers.testing import index_titles
 
     lines = (ROOT / "pipelines/demo_data/news_sample.jsonl").read_text().splitlines()
     news = []
@@ -71,7 +71,7 @@ def write_index(settings, docs: int) -> None:
 
 def start_service(config: Path, port: int, log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "-c", str(config), "--port",
+        process = subprocess.Popen([sys.executable, "-m", "pipelines.cli.main", "serve", "-c", str(config), "--port",
                                     str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -36,10 +36,10 @@ def main() -> None:
     from stream import CommitWatcher, cleanup
 
     from pipelines.config import load_settings
-    from pipelines.produce import ensure_topic
-    from pipelines.stream import StreamSupervisor
+    from pipelines.ops.produce import ensure_topic
+    from pipelines.stream.supervisor import StreamSupervisor
+    from tests.support.models import make_random_model
     from workers import logs
-    from workers.testing import make_random_model
 
     logs.configure("WARNING")
     tag = uuid.uuid4().hex[:8]

@@ -45,7 +45,7 @@ def settings_for(model_name: str, tmp: Path, tag: str, **extra):
 def produce(settings, docs: list[dict]) -> None:
     from kafka import KafkaProducer
 
-    from pipelines.produce import ensure_topic
+    from pipelines.ops.produce import ensure_topic
 
     ensure_topic(settings, settings.kafka.topic, 3)
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=5)
@@ -94,7 +94,7 @@ def cleanup(settings) -> None:
 
 
 def throughput(model: str, texts: list[str], tmp: Path, batch_tokens: int) -> dict:
-    from pipelines.stream import StreamSupervisor
+    from pipelines.stream.supervisor import StreamSupervisor
     from workers.encoding.encoder import Encoder
 
     enc = Encoder.load(model, document_prefix="passage: ", max_batch_tokens=batch_tokens)
@@ -129,8 +129,8 @@ def latency(model: str, rate: float, seconds: float, tmp: Path) -> dict:
     from kafka import KafkaProducer
     from redis.exceptions import ResponseError
 
-    from pipelines.produce import ensure_topic
-    from pipelines.stream import StreamSupervisor
+    from pipelines.ops.produce import ensure_topic
+    from pipelines.stream.supervisor import StreamSupervisor
     from workers.sinks.redis_client import connect
     from workers.sinks.vector_sets import VectorSetIndex
 
@@ -209,8 +209,8 @@ def main() -> None:
     from encoder import _cpu_name
     from mixes import docs, stand_in_tokenizer
 
+    from tests.support.models import make_random_model
     from workers import logs
-    from workers.testing import make_random_model
 
     logs.configure("WARNING")
     tmp = Path(tempfile.mkdtemp(prefix="embedworker-bench-"))

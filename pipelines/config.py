@@ -18,14 +18,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from workers.errors import EmbedworkerError
-from workers.lake_settings import ParquetSettings
+from workers.encoding.model_files import read_model_files
+from workers.errors import EmbedworkerError, ModelNotFoundError
 from workers.logs import LogLevel
 from workers.settings import (
     BatchingSettings,
     DocumentSettings,
     KafkaSettings,
     ModelSettings,
+    ParquetSettings,
     RedisSettings,
     WorkersSettings,
     redact_url,
@@ -237,3 +238,22 @@ def _explain(exc: ValidationError, path, origins: dict | None = None) -> str:
             f"environment: {ENV_PREFIX}{key.upper().replace('.', '__')}")
         lines.append(f"  {key}: {message}{shown}; {origin}")
     return "\n".join(lines)
+
+
+def resolve_model(settings: EmbedworkerSettings) -> tuple[EmbedworkerSettings, str | None]:
+    """Check the model can be found here; fall back to `model.fallback` if it cannot.
+    Returns the settings to use and a sentence to show the user when a fallback was taken."""
+    m = settings.model
+    try:
+        read_model_files(m.name, m.revision)
+        return settings, None
+    except ModelNotFoundError as exc:
+        if not m.fallback:
+            raise
+        read_model_files(m.fallback)
+        model = m.model_copy(update={"name": m.fallback, "revision": None,
+                                     "document_prefix": m.fallback_document_prefix,
+                                     "query_prefix": m.fallback_query_prefix})
+        note = (f"model {m.name!r} is not available here ({str(exc).split('; tried:')[0]}); using the offline "
+                f"fallback {m.fallback!r} instead")
+        return settings.model_copy(update={"model": model}), note

@@ -1,6 +1,5 @@
 """The driver's Ray session: connect to the configured cluster or start a local one, and the
-names replica actors get (so `status` finds them). Also `resolve_model`, which every command that
-starts replicas or encodes runs first.
+names replica actors get (so `status` finds them).
 """
 
 from __future__ import annotations
@@ -12,29 +11,8 @@ import ray
 import ray._private.utils
 
 from pipelines.config import EmbedworkerSettings
-from workers.encoding.model_files import read_model_files
-from workers.errors import ModelNotFoundError
 
 ACTOR_PREFIX = "embedworker:"
-
-
-def resolve_model(settings: EmbedworkerSettings) -> tuple[EmbedworkerSettings, str | None]:
-    """Check the model can be found here; fall back to `model.fallback` if it cannot.
-    Returns the settings to use and a sentence to show the user when a fallback was taken."""
-    m = settings.model
-    try:
-        read_model_files(m.name, m.revision)
-        return settings, None
-    except ModelNotFoundError as exc:
-        if not m.fallback:
-            raise
-        read_model_files(m.fallback)
-        model = m.model_copy(update={"name": m.fallback, "revision": None,
-                                     "document_prefix": m.fallback_document_prefix,
-                                     "query_prefix": m.fallback_query_prefix})
-        note = (f"model {m.name!r} is not available here ({str(exc).split('; tried:')[0]}); using the offline "
-                f"fallback {m.fallback!r} instead")
-        return settings.model_copy(update={"model": model}), note
 
 
 def init_ray(settings: EmbedworkerSettings) -> None:

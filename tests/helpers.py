@@ -33,7 +33,7 @@ def make_settings(kafka_bootstrap: str, redis_url: str, model_dir, tmp_path: Pat
 
 def create_topic(settings: EmbedworkerSettings, partitions: int = 3, topic: str | None = None) -> None:
     """As `embedworker produce` creates it (kafka.replication_factor, min_insync_replicas)."""
-    from pipelines.produce import ensure_topic
+    from pipelines.ops.produce import ensure_topic
 
     ensure_topic(settings, topic or settings.kafka.topic, partitions)
 
@@ -121,7 +121,7 @@ def header(record, name: str) -> str | None:
 def read_parquet(settings: EmbedworkerSettings, index: str | None = None):
     """Every row of the lake's current version (or of the plain files under parquet.path), with
     `index` and `dt`, or one index's; None when nothing was written."""
-    from pipelines.lake import read_rows
+    from pipelines.maintenance.lake_admin import read_rows
 
     return read_rows(settings, index)
 
@@ -141,7 +141,7 @@ class WorkerThread:
     """An EmbeddingWorker running in this process (the code an actor runs), for fast tests."""
 
     def __init__(self, settings: EmbedworkerSettings, replica: int = 0):
-        from workers.worker import EmbeddingWorker
+        from workers.stream.worker import EmbeddingWorker
 
         self.worker = EmbeddingWorker(**settings.worker_kwargs(), replica=replica)
         self.result = None

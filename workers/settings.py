@@ -12,71 +12,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
-from workers import logs
-from workers.errors import EmbedworkerError
+from workers.secrets import check_secret_file, read_secret, redact_url
 
 INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretFileError(EmbedworkerError):
-    """A `*_file` secret could not be read when a connection opened (gone, unreadable, empty)."""
-
-
-def read_secret(value: SecretStr | None, file: Path | None, key: str = "secret file") -> str | None:
-    """The secret's text, from the value or from the file (first line, stripped), registered
-    with the log filter. SecretFileError naming `key` when the file cannot serve."""
-    if value is not None:
-        secret = value.get_secret_value()
-    elif file is not None:
-        secret, problem = _first_line(file)
-        if problem is not None:
-            raise SecretFileError(f"{key}: {problem}")
-    else:
-        return None
-    logs.register_secret(secret)
-    return secret
-
-
-def _first_line(file: Path) -> tuple[str, str | None]:
-    """(the file's first line stripped, None), or ("", why it cannot hold a secret)."""
-    try:
-        lines = Path(file).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        return "", f"cannot read {file} ({getattr(exc, 'strerror', None) or exc})"
-    secret = lines[0].strip() if lines else ""
-    return secret, None if secret else f"{file} is empty (the secret is its first line)"
-
-
-def check_secret_file(file: Path | None, info: ValidationInfo, value_key: str) -> Path | None:
-    """For the validators of `*_file` keys: not together with `value_key`, and readable."""
-    if file is None:
-        return None
-    if info.data.get(value_key) is not None:
-        raise PydanticCustomError("secret_twice", "set {value_key} or {file_key}, not both",
-                                  {"value_key": value_key, "file_key": info.field_name})
-    _, problem = _first_line(file)
-    if problem is not None:
-        raise PydanticCustomError("secret_file", "{problem}", {"problem": problem})
-    return file
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***' (for logs and status output)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class KafkaSecurity(_Section):
@@ -301,7 +247,7 @@ class RedisSettings(_Section):
 
 
 class AutoscaleSettings(_Section):
-    """Replicas follow the backlog (see pipelines/autoscale.py for the formula)."""
+    """Replicas follow the backlog (see pipelines/stream/autoscaler.py for the formula)."""
     enabled: bool = False
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(4, ge=1)
@@ -329,6 +275,89 @@ class WorkersSettings(_Section):
     metrics_port: int | None = Field(None, ge=0, le=65535)  # prometheus_client port of replica 0 (+index)
     supervisor_metrics_port: int | None = Field(None, ge=0, le=65535)  # the driver's (replica counts)
     autoscale: AutoscaleSettings = AutoscaleSettings()
+
+
+class S3Settings(_Section):
+    """How to reach an S3-compatible store for an `s3://` path. Unset values fall back to the
+    standard AWS environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    AWS_ENDPOINT_URL), which delta-rs reads itself."""
+
+    endpoint_url: str | None = None          # e.g. http://127.0.0.1:19000 (not AWS)
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    secret_access_key_file: Path | None = None
+    allow_http: bool = False                 # plain HTTP endpoints (a local server)
+    # delta-rs commits by conditional writes (If-None-Match: *), which S3 and the local server
+    # (s3proxy) implement; "etag" is object_store's option for servers that need it said.
+    conditional_put: Literal["etag"] | None = None
+
+    @field_validator("secret_access_key_file")
+    @classmethod
+    def _secret_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return check_secret_file(v, info, "secret_access_key")
+
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs (object_store) options; the secret is read now and masked in logs."""
+        opts: dict[str, str] = {}
+        if self.endpoint_url:
+            opts["AWS_ENDPOINT_URL"] = self.endpoint_url
+        if self.region:
+            opts["AWS_REGION"] = self.region
+        if self.access_key_id:
+            opts["AWS_ACCESS_KEY_ID"] = self.access_key_id
+        secret = read_secret(self.secret_access_key, self.secret_access_key_file, "parquet.s3.secret_access_key_file")
+        if secret is not None:
+            opts["AWS_SECRET_ACCESS_KEY"] = secret
+        if self.allow_http:
+            opts["AWS_ALLOW_HTTP"] = "true"
+        if self.conditional_put:
+            opts["aws_conditional_put"] = self.conditional_put
+        return opts
+
+    def configure_fsspec(self) -> None:
+        """Make fsspec's s3:// (backfill inputs and state folders) use these settings too, in this
+        process (the driver, and each backfill actor when it sets up)."""
+        import fsspec.config
+
+        opts: dict = {}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.access_key_id:
+            opts["key"] = self.access_key_id
+        secret = read_secret(self.secret_access_key, self.secret_access_key_file, "parquet.s3.secret_access_key_file")
+        if secret is not None:
+            opts["secret"] = secret
+        if self.region:
+            opts["client_kwargs"] = {"region_name": self.region}
+        if opts:
+            fsspec.config.conf["s3"] = {**fsspec.config.conf.get("s3", {}), **opts}
+
+
+class ParquetSettings(_Section):
+    enabled: bool = True
+    path: str = "./data/vectors"
+    # delta: one Delta Lake table (exactly-once by application transactions, costs flat as
+    # history grows); files: the older folder of files named by offset range (plain folders only).
+    format: Literal["delta", "files"] = "delta"
+    max_rows_per_file: int = Field(50_000, gt=0)
+    max_seconds: float = Field(60, gt=0)
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    include_text: bool = True                 # delta: keep the document text (re-embedding without Kafka)
+    target_file_mb: int = Field(256, gt=0)    # `lake compact`: the size files are merged into
+    compact_after_days: int | None = Field(None, ge=1)  # the driver compacts days this old by itself
+    vacuum_retention_hours: int = Field(168, ge=1)      # `lake vacuum`: files removed longer ago than this
+    s3: S3Settings = S3Settings()
+
+    @model_validator(mode="after")
+    def _format_fits_path(self):
+        if self.format == "files" and "://" in self.path and not self.path.startswith("file://"):
+            raise ValueError("format 'files' is for plain folders; object storage (s3://…) needs format 'delta'")
+        return self
+
+    def storage_options(self) -> dict[str, str] | None:
+        """What delta-rs needs to open `path` (None for a local folder)."""
+        return self.s3.storage_options() if self.path.startswith("s3://") else None
 
 
 DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")

@@ -16,7 +16,7 @@ import yaml
 from redis.cluster import RedisCluster
 
 from pipelines.config import load_settings
-from pipelines.stream import StreamSupervisor
+from pipelines.stream.supervisor import StreamSupervisor
 from tests.cluster.conftest import REPO, cluster, master_of, promoted
 from tests.helpers import all_committed, committed_offsets, end_offsets, read_parquet, wait_until
 from tests.reliability.conftest import Stream, run_in_thread
@@ -89,8 +89,8 @@ def test_broker_loss_and_redis_failover_lose_nothing(local_cluster, tiny_model_d
 def check_placement_and_search(settings, client: RedisCluster, ids: list[str]) -> None:
     """The 6 shard keys sit 2 on each of the 3 masters (the failover moved a master, not a slot),
     and search finds documents on every shard, merged into one ranking."""
-    from pipelines.search import Searcher
-    from pipelines.status import redis_status
+    from pipelines.ops.status import redis_status
+    from pipelines.serving.search import Searcher
 
     report = redis_status(settings)
     assert report["layout"] == "slots", report
@@ -111,7 +111,7 @@ def check_placement_and_search(settings, client: RedisCluster, ids: list[str]) -
 
 def test_a_ray_node_stopped_its_partitions_move_and_the_replica_returns(local_cluster, tiny_model_dir, tmp_path,
                                                                           unique):
-    from pipelines.status import collect_status
+    from pipelines.ops.status import collect_status
 
     settings = cluster_settings(tiny_model_dir, tmp_path, unique)
     stream = Stream(settings, 1500, n_bad=3, seed=12, partitions=6)
@@ -145,7 +145,7 @@ def status_from_the_cli(settings, tmp_path) -> dict:
     config = tmp_path / "cluster-test.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "status", "--json", "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli.main", "status", "--json", "--config", str(config)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 3), done.stderr[-2000:]  # 3: a problem, which the caller looks at
     return json.loads(done.stdout)
@@ -154,8 +154,8 @@ def status_from_the_cli(settings, tmp_path) -> dict:
 def test_autoscaling_adds_a_replica_on_the_other_ray_node_and_removes_it_when_idle(local_cluster, tiny_model_dir,
                                                                                    tmp_path, unique):
     """One GPU per node: the replica the backlog asks for can only land on the other node. Replicas
-    are paced at 50 docs/s each (workers.testing_workers.PacedWorker), as loaded GPUs."""
-    from workers.testing_workers import PacedWorker
+    are paced at 50 docs/s each (tests.support.workers.PacedWorker), as loaded GPUs."""
+    from tests.support.workers import PacedWorker
 
     settings = cluster_settings(tiny_model_dir, tmp_path, unique, workers={
         "max_in_flight": 512, "autoscale": {"enabled": True, "min_replicas": 1, "max_replicas": 2, "catch_up_s": 5,

@@ -12,7 +12,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from pipelines.config import load_settings
-from pipelines.retention import RetentionSweeper
+from pipelines.maintenance.retention_sweep import RetentionSweeper
 from workers.sinks.base import SinkRecord
 from workers.sinks.redis_vset import RedisVectorSetSink
 from workers.sinks.vector_sets import VectorSetIndex

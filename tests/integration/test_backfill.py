@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipelines.backfill import BackfillJob, replay_topic
-from pipelines.search import Searcher
+from pipelines.batch.backfill import BackfillJob
+from pipelines.batch.replay import replay_topic
+from pipelines.serving.search import Searcher
 from tests.helpers import committed_offsets, create_topic, doc, end_offsets, make_settings, produce, read_parquet
 from workers.encoding.encoder import Encoder
 from workers.sinks.vector_sets import VectorSetIndex
@@ -102,7 +103,7 @@ def test_jsonl_backfill_indexes_exactly_the_valid_documents_like_streaming_would
 
 
 def _backfill_cli(config: Path, pattern: str, state: Path, index: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "backfill", "-c", str(config), "--input", pattern,
+    return [sys.executable, "-m", "pipelines.cli.main", "backfill", "-c", str(config), "--input", pattern,
             "--state-dir", str(state), "--target", index, "--unit-mb", "0.02", "--json"]
 
 
@@ -193,7 +194,7 @@ def test_two_model_upgrades_in_a_row_each_replay_the_whole_topic(
         ray_cluster, kafka_bootstrap, redis_url, redis_client, tiny_model_dir, tmp_path, unique):
     """Each replay has a consumer group of its own, so a second upgrade reads everything again
     (it used to resume from the first one's offsets, index nothing and still move the alias)."""
-    from pipelines.search import alias_key
+    from workers.sinks.vector_sets import alias_key
 
     settings = make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique)
     create_topic(settings, partitions=3)
@@ -202,7 +203,7 @@ def test_two_model_upgrades_in_a_row_each_replay_the_whole_topic(
         summary = replay_topic(settings, settings.kafka.topic, target=target)
         assert (summary["records"], summary["written"], summary["rejected"], summary["vectors"]) == (120, 120, 0, 120)
         assert vcard(redis_client, settings, target) == 120
-        assert redis_client.get(alias_key(settings)) == target.encode()
+        assert redis_client.get(alias_key(settings.redis)) == target.encode()
         copy = read_parquet(settings, index=target)
         assert copy.num_rows == 120 == len(set(zip(copy["kafka_partition"].to_pylist(),
                                                    copy["kafka_offset"].to_pylist()))), "a full Parquet copy per index"
@@ -216,8 +217,8 @@ def test_a_model_upgrade_re_embeds_from_the_lake_after_kafka_forgot(
     """The lake keeps the text: a second model re-embeds the newest documents of the first
     model's index from the table (an update and a deletion included), into a new index, without
     the topic; the alias moves when it is complete; a second run embeds nothing again."""
-    from pipelines.search import alias_key
-    from workers.testing import make_random_model
+    from tests.support.models import make_random_model
+    from workers.sinks.vector_sets import alias_key
 
     settings = make_settings(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path, unique, redis={"index": "v1"})
     create_topic(settings, partitions=2)
@@ -232,7 +233,7 @@ def test_a_model_upgrade_re_embeds_from_the_lake_after_kafka_forgot(
     first = BackfillJob(upgraded, lake_path, target="v2").run()
     assert (first["embedded"], first["deleted"], first["rejected"]) == (79, 1, 0)
     assert vcard(redis_client, upgraded, "v2") == 79
-    assert redis_client.get(alias_key(upgraded)) == b"v2"
+    assert redis_client.get(alias_key(upgraded.redis)) == b"v2"
     v2 = read_parquet(upgraded, index="v2")
     upserts = v2.filter(pc.equal(v2["op"], "upsert"))
     assert set(upserts["id"].to_pylist()) == {f"d-{i}" for i in range(80)} - {"d-9"}

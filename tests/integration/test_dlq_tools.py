@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.dead_letter_tools import redrive, show
+from pipelines.cli.main import main
+from pipelines.ops.dlq import redrive, show
 from tests.helpers import (
     WorkerThread,
     all_committed,

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.eval_data import EvalSet
-from pipelines.evaluation import RetrievalEval, variants_from
+from pipelines.evaluation.eval_sets import EvalSet
+from pipelines.evaluation.retrieval_eval import RetrievalEval, variants_from
 from tests.helpers import make_settings
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.cli import main
+from pipelines.cli.main import main
 from tests.helpers import make_settings
+from tests.support.models import make_random_model
 from workers.errors import IndexMismatchError
 from workers.settings import DEFAULT_QUANTIZATION
 from workers.sinks.base import SinkRecord
 from workers.sinks.redis_vset import RedisVectorSetSink
-from workers.testing import make_random_model
 
 pytestmark = pytest.mark.integration
 

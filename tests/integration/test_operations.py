@@ -11,9 +11,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.cli import main
-from pipelines.status import collect_status
-from pipelines.stream import StreamSupervisor
+from pipelines.cli.main import main
+from pipelines.ops.status import collect_status
+from pipelines.stream.supervisor import StreamSupervisor
 from tests.helpers import all_committed, create_topic, doc, end_offsets, make_settings, produce, wait_until
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.search import Searcher
+from pipelines.cli.main import main
+from pipelines.serving.search import Searcher
 from tests.helpers import WorkerThread, all_committed, create_topic, doc, make_settings, produce, wait_until
 from workers.sinks.vector_sets import VectorSetIndex
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipelines.retention import RetentionSweeper
-from pipelines.status import redis_status
+from pipelines.maintenance.retention_sweep import RetentionSweeper
+from pipelines.ops.status import redis_status
 from tests.helpers import WorkerThread, all_committed, create_topic, make_settings, produce, read_parquet, wait_until
 from workers.sinks.vector_sets import VectorSetIndex
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.search import Searcher, SearchError
+from pipelines.cli.main import main
+from pipelines.serving.search import Searcher, SearchError
 from tests.helpers import make_settings
 from workers.sinks.base import SinkRecord
 from workers.sinks.redis_vset import RedisVectorSetSink

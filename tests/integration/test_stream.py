@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from pipelines.search import Searcher
-from pipelines.stream import StreamSupervisor
+from pipelines.serving.search import Searcher
+from pipelines.stream.supervisor import StreamSupervisor
 from tests.helpers import (
     WorkerThread,
     all_committed,

@@ -9,9 +9,9 @@ import time
 import pytest
 import ray
 
-from pipelines.actor_status import actor_status
-from pipelines.status import collect_status, group_members
-from pipelines.stream import StreamSupervisor
+from pipelines.ops.status import collect_status, group_members
+from pipelines.stream.replica_status import actor_status
+from pipelines.stream.supervisor import StreamSupervisor
 from tests.helpers import all_committed
 from tests.reliability.conftest import Stream, supervising, wait_all_committed, wait_until
 from workers.kafka.clients import new_admin
@@ -92,7 +92,7 @@ def test_a_killed_replica_takes_its_partitions_back_within_5_s_of_its_restart(ra
 def test_autoscaling_a_backlog_goes_to_3_replicas_drains_then_back_to_1(ray_cluster, stream_settings, redis_client):
     """Replicas paced at 50 docs/s each (as a loaded GPU): a 4,000-document backlog on 6
     partitions, min 1 / max 3; the whole backlog, then idle."""
-    from workers.testing_workers import PacedWorker
+    from tests.support.workers import PacedWorker
 
     settings = stream_settings(workers={**FIXED, "max_in_flight": 512, "autoscale": {
         "enabled": True, "min_replicas": 1, "max_replicas": 3, "catch_up_s": 5, "scale_down_after_s": 8,

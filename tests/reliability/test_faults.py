@@ -16,7 +16,7 @@ import ray
 import redis
 import yaml
 
-from pipelines.stream import StreamSupervisor
+from pipelines.stream.supervisor import StreamSupervisor
 from tests.helpers import WorkerThread, all_committed, committed_offsets, header, produce, read_dlq, read_parquet
 from tests.hostile import bad_records, tricky_valid_records
 from tests.reliability.conftest import (
@@ -66,7 +66,7 @@ def test_actor_killed_three_times_ray_restarts_it(ray_cluster, stream_settings, 
 def test_a_replica_killed_while_it_loads_the_model_is_set_up_again(ray_cluster, stream_settings, redis_client):
     """kill -9 of a replica's process during setup(): Ray restarts it, the supervisor sets it up
     again and the stream starts; every document once, lag 0."""
-    from workers.testing_workers import SlowSetupWorker
+    from tests.support.workers import SlowSetupWorker
 
     settings = stream_settings(workers={"replicas": 2, "num_gpus": 0, "num_cpus": 0.5, "drain_timeout_s": 30})
     stream = Stream(settings, 500, seed=6)
@@ -108,7 +108,7 @@ def _running_driver(config, log):
     """`embedworker run` in its own process group; leaving the block kills the group (the driver
     and the local Ray cluster it started) with SIGKILL if it is still running."""
     env = {**os.environ, "EMBEDWORKER_LOG_LEVEL": "INFO"}
-    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "-c", str(config)], env=env,
+    driver = subprocess.Popen([sys.executable, "-m", "pipelines.cli.main", "run", "-c", str(config)], env=env,
                               start_new_session=True, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
     try:
         yield driver

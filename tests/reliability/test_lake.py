@@ -16,9 +16,9 @@ import pytest
 import ray
 from deltalake import DeltaTable
 
-from pipelines import lake
-from pipelines.backfill import BackfillJob
-from pipelines.stream import StreamSupervisor
+from pipelines.batch.backfill import BackfillJob
+from pipelines.maintenance import lake_admin as lake
+from pipelines.stream.supervisor import StreamSupervisor
 from tests.helpers import committed_offsets, read_parquet, wait_until
 from tests.reliability.conftest import Stream, supervising, wait_all_committed
 from workers.sinks.base import SinkRecord

@@ -8,7 +8,7 @@ import sys
 import pytest
 import redis
 
-from pipelines.status import collect_status
+from pipelines.ops.status import collect_status
 from tests.helpers import WorkerThread, all_committed, create_topic, doc, produce, read_parquet, wait_until
 from workers.errors import SinkError, SourceError
 from workers.sinks.vector_sets import VectorSetIndex

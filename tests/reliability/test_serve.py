@@ -20,12 +20,12 @@ import pytest
 import requests
 import yaml
 
-from pipelines.search import Searcher
+from pipelines.serving.search import Searcher
 from tests.helpers import make_settings, wait_until
 from tests.reliability.conftest import service
+from tests.support.models import index_titles
 from workers.encoding.encoder import Encoder
 from workers.settings import model_slug
-from workers.testing import index_titles
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]
 
@@ -73,7 +73,7 @@ class Service:
 
     def start(self) -> "Service":
         with open(self.log, "a") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "-c", str(self.config)],
+            self.process = subprocess.Popen([sys.executable, "-m", "pipelines.cli.main", "serve", "-c", str(self.config)],
                                             cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.groups.append(self.process.pid)
         wait_until(self._healthy, timeout=240, interval=1, message="the service to answer /healthz",

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipelines.autoscale import Observation, ReplicaAutoscaler
 from pipelines.config import ConfigError, load_settings
+from pipelines.stream.autoscaler import Observation, ReplicaAutoscaler
 from workers.settings import AutoscaleSettings
 
 

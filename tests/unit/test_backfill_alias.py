@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from pipelines.backfill import BackfillError, BackfillJob
+from pipelines.batch.backfill import BackfillError, BackfillJob
 from pipelines.config import load_settings
-from workers.backfill_units import write_json_atomic
+from workers.batch.units import write_json_atomic
 
 
 def job(tmp_path) -> BackfillJob:

@@ -7,8 +7,8 @@ import pytest
 import redis
 from kafka.errors import KafkaConnectionError
 
-from pipelines import cli
-from pipelines.cli import failure_sentence, main
+from pipelines.cli.main import failure_sentence, main
+from pipelines.cli import main as cli
 from pipelines.config import load_settings
 
 

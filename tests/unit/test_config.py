@@ -4,7 +4,7 @@ belongs are errors, not silently dropped."""
 
 import pytest
 
-from pipelines.cli import main
+from pipelines.cli.main import main
 from pipelines.config import ConfigError, load_settings
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.config import load_settings
-from pipelines.retention import RetentionSweeper
-from pipelines.scaling import SupervisorMetrics
-from pipelines.serve_metrics import MetricsSum, ServeMetrics
-from workers.metrics import WorkerMetrics
+from pipelines.maintenance.retention_sweep import RetentionSweeper
+from pipelines.serving.metrics import MetricsSum, ServeMetrics
+from pipelines.stream.scaling import SupervisorMetrics
+from workers.stream.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "infra" / "grafana" / "embedworker.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import build_parser
+from pipelines.cli.main import build_parser
 from pipelines.config import load_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from tests.support.models import make_random_model
 from workers.encoding.encoder import Encoder
 from workers.encoding.model_files import read_model_files
 from workers.errors import EncoderConfigError, ModelNotFoundError, UnsupportedModelError
 from workers.settings import model_slug
-from workers.testing import make_random_model
 
 TEXTS = [
     "서울시는 내년부터 대중교통 요금을 150원 인상한다고 밝혔다.",

@@ -13,7 +13,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from workers.errors import LakeFormatError
-from workers.lake_settings import ParquetSettings
+from workers.settings import ParquetSettings
 from workers.sinks.base import SinkRecord
 from workers.sinks.lake import DeltaLakeSink, app_id
 from workers.sinks.parquet import ParquetSink
@@ -134,8 +134,8 @@ def test_a_folder_of_plain_files_or_a_newer_table_is_refused(tmp_path):
 def test_compaction_while_a_stream_writes_and_a_reader_reads_shows_every_row_once(tmp_path):
     """Closed days are compacted while today's rows keep coming: every version a reader sees holds
     each offset once, and no row is lost; the transactions survive the rewrite."""
-    from pipelines import lake
     from pipelines.config import load_settings
+    from pipelines.maintenance import lake_admin as lake
 
     old_day = datetime(2026, 11, 1, 9, tzinfo=UTC)
     writer = sink(tmp_path)
@@ -192,7 +192,7 @@ def test_compaction_while_a_stream_writes_and_a_reader_reads_shows_every_row_onc
 
 def test_the_driver_compacts_closed_days_by_itself_once_an_hour(tmp_path):
     from pipelines.config import load_settings
-    from pipelines.lake import AutoCompactor
+    from pipelines.maintenance.lake_admin import AutoCompactor
 
     writer = sink(tmp_path)
     writer.assign([("news", 0)])
@@ -213,7 +213,7 @@ def test_the_driver_compacts_closed_days_by_itself_once_an_hour(tmp_path):
 def test_lake_commands_on_a_folder_of_plain_files_say_so_and_exit_2(tmp_path, capsys):
     import yaml
 
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     plain = ParquetSink(ParquetSettings(path=str(tmp_path / "plain"), format="files"), "v1", "m", None, DIM, "")
     plain.setup()

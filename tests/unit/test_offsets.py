@@ -1,6 +1,6 @@
 """OffsetLedger: sinks get records in offset order; commits never pass an unfinished record."""
 
-from workers.offsets import DELETE, DOC, REJECT, OffsetLedger
+from workers.stream.ledger import DELETE, DOC, REJECT, OffsetLedger
 
 TP = ("news", 0)
 

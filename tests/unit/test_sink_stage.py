@@ -4,10 +4,10 @@
 import threading
 import time
 
-from workers.metrics import WorkerMetrics
-from workers.offsets import DOC, OffsetLedger
-from workers.sink_stage import SinkStage
 from workers.sinks.base import SinkRecord
+from workers.stream.ledger import DOC, OffsetLedger
+from workers.stream.metrics import WorkerMetrics
+from workers.stream.sink_stage import SinkStage
 
 
 class HangingSink:

@@ -1,6 +1,6 @@
 """The status health rules (pure): each problem is named, a healthy report has none."""
 
-from pipelines.status import DLQ_STUCK_S, health
+from pipelines.ops.status import DLQ_STUCK_S, health
 
 
 def report(**parts):

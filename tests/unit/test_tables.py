@@ -5,8 +5,8 @@ import io
 
 from rich.console import Console
 
-from pipelines.search import SearchHit
-from pipelines.tables import search_table
+from pipelines.cli.tables import search_table
+from pipelines.serving.search import SearchHit
 
 HITS = [SearchHit(id=f"news-2026-11-{i:02d}-economy", score=0.9 - i / 100,
                   title="반도체 수출이 석 달 연속 늘었다: 메모리 가격 반등과 인공지능 서버 수요가 이끌어 " * 2,

@@ -67,7 +67,7 @@ def test_the_layout_comes_from_the_meta_hash_and_new_cluster_indexes_get_slots()
 
 def test_a_search_without_its_own_ef_uses_redis_search_ef_not_the_insert_ef():
     from pipelines.config import load_settings
-    from pipelines.search import Searcher
+    from pipelines.serving.search import Searcher
 
     settings = load_settings(None, {"redis": {"ef": 77, "search_ef": 1234}})
     calls: list[tuple] = []

@@ -3,7 +3,7 @@
 Knows nothing of Redis or Parquet. kafka-python's consumer is not thread-safe: every method
 here is called from the worker's polling thread, except `commit_async`, which the rebalance
 listener calls. The listener runs on kafka-python's IO thread (`kafka-io-<client id>`) while
-the polling thread waits inside `poll()` (see the thread model in workers/worker.py).
+the polling thread waits inside `poll()` (see the thread model in workers/stream/worker.py).
 
 Poll errors by type: authentication and authorization stop the worker (SourceError with the
 reason); anything else (an unknown topic, a broker that went away) backs off, doubling from

@@ -29,7 +29,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, WriterPropertie
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from workers.errors import LakeFormatError, SinkBackpressureError, SinkError
-from workers.lake_settings import ParquetSettings
+from workers.settings import ParquetSettings
 from workers.sinks.base import TP, SinkRecord
 from workers.sinks.parquet import ParquetSink, Piece
 from workers.sinks.parquet_files import list_files, open_filesystem, parquet_schema, records_table

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from workers.errors import SinkBackpressureError, SinkError
-from workers.lake_settings import ParquetSettings
+from workers.settings import ParquetSettings
 from workers.sinks.base import TP, SinkRecord
 from workers.sinks.parquet_files import (
     DICTIONARY_COLUMNS,

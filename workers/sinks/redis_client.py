@@ -32,7 +32,8 @@ from redis.retry import Retry
 
 from workers.errors import SinkError
 from workers.logs import register_secret
-from workers.settings import RedisSettings, read_secret, redact_url
+from workers.secrets import read_secret, redact_url
+from workers.settings import RedisSettings
 
 TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError, ReadOnlyError, OSError)
 # Redis Cluster replies while slots move (a failover, a resharding): learn the map again, retry.

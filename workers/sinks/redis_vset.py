@@ -6,7 +6,7 @@ VADD upserts, so writing a record twice is harmless: the sink is idempotent.
 With `redis.retention`, each VADD is paired in the same pipeline with a ZADD of the element's
 time (published_at, else the ingestion time) into the shard's times set, each VREM with a ZREM;
 a document already older than the retention is not added (and a younger copy of it goes). The
-driver's sweep (pipelines/retention.py) removes what ages out later.
+driver's sweep (pipelines/maintenance/retention_sweep.py) removes what ages out later.
 
 Writes make one attempt each (their clients retry nothing): a failure is SinkBackpressureError
 whose `retry_after_s` is the retry policy's next wait (workers/sinks/redis_client.py), and the sink
@@ -33,7 +33,8 @@ import redis
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
 
 from workers.errors import IndexMismatchError, SinkBackpressureError, SinkError
-from workers.settings import DEFAULT_QUANTIZATION, RedisSettings, redact_url
+from workers.secrets import redact_url
+from workers.settings import DEFAULT_QUANTIZATION, RedisSettings
 from workers.sinks.base import TP, SinkRecord
 from workers.sinks.redis_client import (
     CLUSTER_REDIRECTS,

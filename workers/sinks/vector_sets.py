@@ -109,3 +109,31 @@ def slot_tag(shard: int, shards: int) -> str:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def alias_key(settings: RedisSettings) -> str:
+    """The key of the search alias: the name of the index searches use (set by a backfill with
+    `--target` or `lake reindex`)."""
+    return f"{settings.key_prefix}:current"
+
+
+def alias_target(client, settings: RedisSettings) -> str | None:
+    """The index name the search alias holds, None when no alias is set."""
+    name = client.get(alias_key(settings))
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def resolve_index(client, settings: RedisSettings, slug: str) -> VectorSetIndex:
+    """The index searches should use: the alias if set, else the configured one."""
+    return VectorSetIndex.stored(client, settings, alias_target(client, settings) or settings.index or slug)
+
+
+def list_indexes(client, settings: RedisSettings) -> list[str]:
+    """`{prefix}:{index}` of every index with a meta key (written when a sink starts on it),
+    and how many vectors each holds."""
+    out = []
+    for raw in sorted(client.scan_iter(match=f"{settings.key_prefix}:*:meta", count=1000)):
+        base = (raw.decode() if isinstance(raw, bytes) else raw)[:-len(":meta")]
+        index = VectorSetIndex.stored(client, settings, base[len(settings.key_prefix) + 1:])
+        out.append(f"{base} ({sum(int(client.execute_command('VCARD', k) or 0) for k in index.shard_keys())} vectors)")
+    return out

@@ -16,12 +16,11 @@ import torch
 from kafka.errors import KafkaError
 from rich.console import Console
 
-from pipelines.config import EmbedworkerSettings
-from pipelines.produce import produce_file
-from pipelines.ray_session import resolve_model
-from pipelines.search import Searcher
-from pipelines.status import collect_status
-from pipelines.stream import StreamSupervisor
+from pipelines.config import EmbedworkerSettings, resolve_model
+from pipelines.ops.produce import produce_file
+from pipelines.ops.status import collect_status
+from pipelines.serving.search import Searcher
+from pipelines.stream.supervisor import StreamSupervisor
 from workers.kafka.clients import new_admin
 from workers.sinks.redis_client import connect
 
@@ -75,7 +74,7 @@ def run_demo(settings: EmbedworkerSettings, console: Console) -> int:
                   + ", ".join(f"replica {r.get('replica')}: {r.get('written', 0)} written, "
                               f"{r.get('rejected', 0)} rejected" for r in results))
 
-    from pipelines.tables import print_status, search_table
+    from pipelines.cli.tables import print_status, search_table
 
     print_status(collect_status(settings, check_health=False), console)
     searcher = Searcher(settings)
@@ -91,7 +90,7 @@ def run_demo(settings: EmbedworkerSettings, console: Console) -> int:
 
 
 def _indexed(settings: EmbedworkerSettings) -> bool:
-    from pipelines.status import kafka_status
+    from pipelines.ops.status import kafka_status
 
     k = kafka_status(settings)
     parts = k.get("partitions") or []

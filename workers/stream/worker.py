@@ -39,27 +39,27 @@ import torch
 
 from workers import logs
 from workers.documents import DocumentLimits, RecordOrigin, Rejection, parse_record
-from workers.encode_stage import EncodeStage, sink_records
 from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError
 from workers.kafka.dead_letters import DeadLetterPublisher
 from workers.kafka.source import KafkaSource
-from workers.lake_settings import ParquetSettings
-from workers.metrics import WorkerMetrics
-from workers.offsets import DELETE, DOC, REJECT, OffsetLedger
 from workers.settings import (
     BatchingSettings,
     DocumentSettings,
     KafkaSettings,
     ModelSettings,
+    ParquetSettings,
     RedisSettings,
     WorkersSettings,
     model_slug,
 )
-from workers.sink_stage import SinkStage
-from workers.sinks.base import Sink
+from workers.sinks.base import Sink, sink_records
 from workers.sinks.lake import new_parquet_sink
 from workers.sinks.redis_vset import RedisVectorSetSink
+from workers.stream.encode_stage import EncodeStage
+from workers.stream.ledger import DELETE, DOC, REJECT, OffsetLedger
+from workers.stream.metrics import WorkerMetrics
+from workers.stream.sink_stage import SinkStage
 
 log = logging.getLogger("embedworker.worker")
 

@@ -24,12 +24,12 @@ import numpy as np
 import pyarrow.dataset as ds
 from kafka.errors import KafkaError
 
-from pipelines.backfill import replay_topic
+from pipelines.batch.replay import replay_topic
 from pipelines.config import EmbedworkerSettings
-from pipelines.eval_data import EvalSet, retrieval_metrics
-from pipelines.lake import LakeError, read_rows
-from pipelines.produce import produce_file
-from pipelines.search import Searcher
+from pipelines.evaluation.eval_sets import EvalSet, retrieval_metrics
+from pipelines.maintenance.lake_admin import LakeError, read_rows
+from pipelines.ops.produce import produce_file
+from pipelines.serving.search import Searcher
 from workers.encoding.encoder import Encoder
 from workers.kafka.clients import new_admin
 from workers.settings import DEFAULT_QUANTIZATION, model_slug

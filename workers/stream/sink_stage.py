@@ -14,9 +14,9 @@ import threading
 import time
 
 from workers.errors import SinkBackpressureError
-from workers.metrics import WorkerMetrics
-from workers.offsets import OffsetLedger
 from workers.sinks.base import TP, Sink, SinkRecord
+from workers.stream.ledger import OffsetLedger
+from workers.stream.metrics import WorkerMetrics
 
 log = logging.getLogger("embedworker.sinks")
 

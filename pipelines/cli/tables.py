@@ -170,7 +170,7 @@ def watch_status(settings, console: Console, interval: float, count: int = 0, ac
     `count` refreshes; returns the last report's exit code."""
     from rich.live import Live
 
-    from pipelines.status import collect_status
+    from pipelines.ops.status import collect_status
 
     header = Text(f"embedworker status --watch, every {interval:g} s (Ctrl-C to leave)", style="dim")
     report = collect_status(settings, window_s=0, actors=actors)

@@ -4,7 +4,7 @@ Each replica is a Ray actor with `workers.num_gpus` GPUs (1 by default, a fracti
 GPU, 0 on a CPU machine) and `max_restarts` restarts. All replicas join one Kafka consumer
 group as static members, so Kafka spreads the partitions over them and a replica Ray restarted
 takes its own back. The count is `workers.replicas`, or follows the backlog with
-`workers.autoscale` (pipelines/scaling.py). SIGTERM/SIGINT (`request_stop`) make every replica
+`workers.autoscale` (pipelines/stream/scaling.py). SIGTERM/SIGINT (`request_stop`) make every replica
 stop polling, finish its in-flight batches, flush its sinks, commit, leave the group and return.
 """
 
@@ -18,15 +18,15 @@ import uuid
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
-from pipelines.actor_status import log_replica_summary
 from pipelines.config import EmbedworkerSettings
-from pipelines.lake import AutoCompactor
+from pipelines.maintenance.lake_admin import AutoCompactor
+from pipelines.maintenance.retention_sweep import RetentionSweeper
 from pipelines.ray_session import actor_name, init_ray
-from pipelines.retention import RetentionSweeper
-from pipelines.scaling import ReplicaScaling
+from pipelines.stream.replica_status import log_replica_summary
+from pipelines.stream.scaling import ReplicaScaling
 from workers.errors import EmbedworkerError
 from workers.kafka.source import leave_group
-from workers.worker import EmbeddingWorker
+from workers.stream.worker import EmbeddingWorker
 
 log = logging.getLogger("embedworker.stream")
 

@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from pipelines.config import EmbedworkerSettings
-from pipelines.lake import LakeError, newest_records
+from pipelines.maintenance.lake_admin import LakeError, newest_records
 from workers.sinks.lake import open_table
 
 COLUMNS = ["id", "chunk", "op", "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at", "text", "title", "url",

@@ -20,9 +20,9 @@ import numpy as np
 
 from workers.documents import Document
 from workers.encoding.encoder import Encoder
-from workers.metrics import WorkerMetrics
-from workers.offsets import OffsetLedger
-from workers.sinks.base import SinkRecord
+from workers.sinks.base import sink_records
+from workers.stream.ledger import OffsetLedger
+from workers.stream.metrics import WorkerMetrics
 
 log = logging.getLogger("embedworker.encode")
 
@@ -39,23 +39,6 @@ class _ChunkRef:
     state: _DocState
     chunk: int
     ids: list[int]
-
-
-def sink_records(doc: Document, vectors: dict[int, np.ndarray] | None, chunked: bool,
-                 now: datetime) -> list[SinkRecord]:
-    """The records a document becomes: one per chunk (an upsert), or one deletion."""
-    o = doc.origin
-    pieces: list[tuple[np.ndarray | None, int, int]]
-    if doc.op == "delete" or vectors is None:
-        pieces = [(None, 0, 0)]
-    else:
-        pieces = [(vectors[k], k, len(vectors)) for k in range(len(vectors))]
-    return [SinkRecord(id=doc.id, op=doc.op, topic=o.topic, partition=o.partition, offset=o.offset, vector=vector,
-                       chunk=chunk, chunks=chunks, chunked=chunked, title=doc.title, url=doc.url, source=doc.source,
-                       lang=doc.lang, published_at=doc.published_at, attrs=doc.attrs,
-                       text=doc.text if chunk == 0 and vector is not None else None, event_time_ms=o.timestamp_ms,
-                       ingested_at=now)
-            for vector, chunk, chunks in pieces]
 
 
 class EncodeStage:

@@ -18,9 +18,10 @@ from redis.exceptions import RedisError, ResponseError
 from pipelines.config import EmbedworkerSettings
 from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError
-from workers.settings import RedisSettings, model_slug, redact_url
+from workers.secrets import redact_url
+from workers.settings import model_slug
 from workers.sinks.redis_client import connect, explain_redis_error
-from workers.sinks.vector_sets import VectorSetIndex
+from workers.sinks.vector_sets import VectorSetIndex, alias_key, alias_target, list_indexes, resolve_index
 
 
 class SearchError(EmbedworkerError):
@@ -54,33 +55,6 @@ class SearchHit:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def alias_key(settings: EmbedworkerSettings) -> str:
-    return f"{settings.redis.key_prefix}:current"
-
-
-def alias_target(client, settings: EmbedworkerSettings) -> str | None:
-    """The index name the search alias holds, None when no alias is set."""
-    name = client.get(alias_key(settings))
-    return name.decode() if isinstance(name, bytes) else name
-
-
-def resolve_index(client, settings: EmbedworkerSettings, slug: str) -> VectorSetIndex:
-    """The index searches should use: the alias if set, else the configured one."""
-    r = settings.redis
-    return VectorSetIndex.stored(client, r, alias_target(client, settings) or r.index or slug)
-
-
-def list_indexes(client, settings: RedisSettings) -> list[str]:
-    """`{prefix}:{index}` of every index with a meta key (written when a sink starts on it),
-    and how many vectors each holds."""
-    out = []
-    for raw in sorted(client.scan_iter(match=f"{settings.key_prefix}:*:meta", count=1000)):
-        base = (raw.decode() if isinstance(raw, bytes) else raw)[:-len(":meta")]
-        index = VectorSetIndex.stored(client, settings, base[len(settings.key_prefix) + 1:])
-        out.append(f"{base} ({sum(int(client.execute_command('VCARD', k) or 0) for k in index.shard_keys())} vectors)")
-    return out
 
 
 class Searcher:
@@ -131,11 +105,11 @@ class Searcher:
         first = next(iter(self._by_url.values()))
         try:
             if name is None:
-                index = resolve_index(first, s, model_slug(s.model.name))
+                index = resolve_index(first, s.redis, model_slug(s.model.name))
             else:
-                target = alias_target(first, s) if name == "current" else name
+                target = alias_target(first, s.redis) if name == "current" else name
                 if not target:
-                    raise UnknownIndexError(f"no search alias is set ({alias_key(s)}); name an index")
+                    raise UnknownIndexError(f"no search alias is set ({alias_key(s.redis)}); name an index")
                 index = VectorSetIndex.stored(first, s.redis, target)
                 if not index.meta:
                     others = list_indexes(first, s.redis)

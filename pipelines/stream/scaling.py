@@ -1,4 +1,4 @@
-"""The driver's side of elastic replicas: measure, decide (pipelines/autoscale.py), act, show.
+"""The driver's side of elastic replicas: measure, decide (pipelines/stream/autoscaler.py), act, show.
 
 A measuring thread reads the topic's end offsets and the group's committed offsets from Kafka and
 every replica's stats, once per `workers.autoscale.interval_s`; the supervise loop takes the
@@ -21,9 +21,9 @@ import ray
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from pipelines.autoscale import Observation, ReplicaAutoscaler
-from pipelines.status import group_offsets, total_lag
+from pipelines.stream.autoscaler import Observation, ReplicaAutoscaler
 from workers.kafka.clients import kafka_error_message, new_admin
+from workers.kafka.offsets import group_offsets, total_lag
 
 log = logging.getLogger("embedworker.scaling")
 

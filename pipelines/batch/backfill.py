@@ -1,14 +1,12 @@
-"""Backfills: files through Ray Data, or a bounded replay of a Kafka topic; resumable.
+"""Backfills of files through Ray Data, resumable.
 
 Files: the inputs (JSONL or Parquet; local paths or fsspec URIs) are cut into units
-(`workers.backfill_units`); units without a done marker go through `map_batches` with
+(`workers.batch.units`); units without a done marker go through `map_batches` with
 `UnitEmbedder` on an actor pool (`workers.num_gpus` per actor, 1..`workers.replicas` actors);
 each unit's vectors go to the same sinks as streaming. Rejected records go to the job's
 rejects file with their reason codes. `--target NAME` writes a new vector-set index and, at the
 end, points the alias `{prefix}:current` at it, so searches move to it in one step.
-
-Replay: consumes a topic from the beginning up to the end offsets captured at start, with its
-own consumer group and the streaming worker, then stops.
+(Replays of a topic: `pipelines.batch.replay`.)
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -25,18 +21,15 @@ from datetime import UTC, datetime
 import fsspec
 from pydantic import ValidationError
 
+from pipelines.batch.lake_input import export_documents, is_lake
 from pipelines.config import EmbedworkerSettings
-from pipelines.lake_documents import export_documents, is_lake
 from pipelines.ray_session import init_ray
-from pipelines.search import alias_key
-from pipelines.stream import StreamSupervisor
-from workers.backfill_units import Unit, UnitEmbedder, plan_units, write_json_atomic
+from workers.batch.units import Unit, UnitEmbedder, plan_units, write_json_atomic
 from workers.errors import EmbedworkerError
-from workers.kafka.clients import kafka_error_message, new_consumer
 from workers.settings import RedisSettings
 from workers.sinks.redis_client import check_reachable, connect
 from workers.sinks.redis_vset import check_identity
-from workers.sinks.vector_sets import VectorSetIndex
+from workers.sinks.vector_sets import VectorSetIndex, alias_key
 
 
 class BackfillError(EmbedworkerError):
@@ -199,88 +192,7 @@ def switch_alias(settings: EmbedworkerSettings, index: str) -> None:
     meta = VectorSetIndex(settings.redis.key_prefix, index, settings.redis.shards).meta_key
     if not client.exists(meta):
         raise BackfillError(f"index {index!r} has no metadata ({meta}): nothing was written to it")
-    client.set(alias_key(settings), index)
-
-
-def replay_topic(settings: EmbedworkerSettings, topic: str, group: str | None = None,
-                 on_progress: Callable[[dict], None] | None = None, target: str | None = None,
-                 timeout_s: float | None = None) -> dict:
-    """Consume `topic` from the beginning to its end offsets as of now, with a consumer group of
-    this run's own (unless `group` names one to resume), through the streaming worker and sinks;
-    returns when everything up to there is committed. With `target`, the search alias moves to it
-    only when the replicas wrote (or rejected) every record of the range and the index holds
-    vectors. Raises BackfillError if that takes longer than `timeout_s` (no limit if None) or
-    falls short (the alias then stays where it was)."""
-    from pipelines.status import kafka_status
-
-    settings = with_target(settings, target)
-    kafka = settings.kafka.model_copy(update={"topic": topic, "start": "earliest",
-                                              "group_id": group or
-                                              f"{settings.kafka.group_id}-replay-{topic}-{uuid.uuid4().hex[:8]}"})
-    settings = settings.model_copy(update={"kafka": kafka})
-    status = kafka_status(settings)
-    if "error" in status:
-        raise BackfillError(f"cannot read the end offsets of {topic!r}: {status['error']}")
-    ends = {p["partition"]: p["end"] for p in status["partitions"]}
-    if not ends:
-        raise BackfillError(f"topic {topic!r} does not exist or has no partitions")
-    if settings.redis.enabled:
-        check_reachable(settings.redis)
-    begins = beginning_offsets(settings, topic, list(ends))
-    expected = sum(end - begins.get(p, 0) for p, end in ends.items())
-    stop = {f"{topic}:{p}": end for p, end in ends.items()}
-    supervisor = StreamSupervisor(settings, stop_offsets=stop)
-    started = time.monotonic()
-    done = False
-
-    def finished() -> bool:
-        nonlocal done
-        status = kafka_status(settings)
-        committed = {p["partition"]: p["committed"] or 0 for p in status.get("partitions", [])}
-        if on_progress:
-            on_progress({"committed": sum(min(committed.get(p, 0), e) for p, e in ends.items()),
-                         "total": sum(ends.values())})
-        done = all(committed.get(p, 0) >= end for p, end in ends.items())
-        return done or (timeout_s is not None and time.monotonic() - started > timeout_s)
-
-    supervisor.start()
-    results = supervisor.supervise(until=finished, poll_s=1.0)
-    if not done:
-        raise BackfillError(f"replaying {topic!r} did not finish in {timeout_s:.0f} s")
-    counts = {k: sum(int(r.get(k, 0) or 0) for r in results) for k in ("consumed", "written", "rejected", "deleted")}
-    summary = {"topic": topic, "group": kafka.group_id, "end_offsets": ends, "records": expected, **counts,
-               "seconds": round(time.monotonic() - started, 1), "replicas": results}
-    if target:
-        vectors = index_size(settings, target)
-        upserts = counts["written"] - counts["deleted"]
-        if counts["written"] + counts["rejected"] < expected or (upserts > 0 and vectors == 0):
-            raise BackfillError(
-                f"replay of {topic!r} into index {target!r} fell short: {expected} records in the range, the "
-                f"replicas report {counts['written']} written and {counts['rejected']} rejected, and the index holds "
-                f"{vectors} vectors; the search alias was not moved (a replica restarted mid-run also loses its "
-                "counts: run the replay again)")
-        switch_alias(settings, target)
-        summary["vectors"] = vectors
-    return summary
-
-
-def beginning_offsets(settings: EmbedworkerSettings, topic: str, partitions: list[int]) -> dict[int, int]:
-    """The first offset still held per partition (retention may have removed earlier ones)."""
-    from kafka import TopicPartition
-    from kafka.errors import KafkaError
-
-    k = settings.kafka
-    try:
-        consumer = new_consumer(k, "replay-offsets")
-    except KafkaError as exc:
-        raise BackfillError(f"cannot read the beginning offsets of {topic!r}: {kafka_error_message(exc, k)}") from None
-    try:
-        found = consumer.beginning_offsets([TopicPartition(topic, p) for p in partitions])
-        return {tp.partition: off for tp, off in found.items()}
-    except KafkaError as exc:
-        raise BackfillError(f"cannot read the beginning offsets of {topic!r}: {kafka_error_message(exc, k)}") from None
-    finally:
-        consumer.close(autocommit=False)
+    client.set(alias_key(settings.redis), index)
 
 
 def index_size(settings: EmbedworkerSettings, index: str) -> int:

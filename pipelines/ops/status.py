@@ -9,32 +9,21 @@ from __future__ import annotations
 import time
 
 import pyarrow.parquet as pq
-from kafka import KafkaAdminClient, TopicPartition
-from kafka.admin import OffsetSpec
-from kafka.errors import KafkaError, RetriableError
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from pipelines.config import EmbedworkerSettings
-from pipelines.lake import lake_status
-from pipelines.retention import index_times
-from pipelines.search import alias_target, resolve_index
+from pipelines.maintenance.lake_admin import lake_status
+from pipelines.maintenance.retention_sweep import index_times
 from workers.kafka.clients import kafka_error_message, new_admin
-from workers.settings import model_slug, redact_url
+from workers.kafka.offsets import committed_sum, group_offsets, topic_offsets, total_lag
+from workers.secrets import redact_url
+from workers.settings import model_slug
 from workers.sinks.parquet_files import index_of, list_files, open_filesystem
 from workers.sinks.redis_client import connect, explain_redis_error
-
-
-def topic_offsets(admin: KafkaAdminClient, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """(earliest, latest) offset per partition of `topic` ({} when the topic does not exist)."""
-    meta = admin.describe_topics([topic])
-    parts = [p["partition_index"] for t in meta if t.get("error_code", 0) == 0 for p in t.get("partitions", [])]
-    if not parts:
-        return {}, {}
-    tps = [TopicPartition(topic, p) for p in parts]
-    latest = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
-    earliest = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps})
-    return ({tp.partition: earliest[tp].offset for tp in tps}, {tp.partition: latest[tp].offset for tp in tps})
+from workers.sinks.vector_sets import alias_target, resolve_index
 
 
 def group_members(admin: KafkaAdminClient, group: str, topic: str) -> tuple[str, list[dict]]:
@@ -85,37 +74,12 @@ def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
             lag0 = total_lag(*first)
             out.update(window_s=round(elapsed, 1), lag_before=lag0, lag_growth=out["total_lag"] - lag0,
                        produced_per_s=round((sum(ends.values()) - sum(first[0].values())) / elapsed, 2),
-                       committed_per_s=round((_committed_sum(committed) - _committed_sum(first[1])) / elapsed, 2))
+                       committed_per_s=round((committed_sum(committed) - committed_sum(first[1])) / elapsed, 2))
         return out
     except KafkaError as exc:
         return {"error": kafka_error_message(exc, k)}
     finally:
         admin.close()
-
-
-def group_offsets(admin: KafkaAdminClient, k) -> tuple[dict[int, int], dict[int, int]]:
-    _, ends = topic_offsets(admin, k.topic)
-    # A group that does not exist has no offsets (an empty answer); an error is not "nothing
-    # committed" and propagates, so an unreachable coordinator never reads as growing lag. A
-    # coordinator still being found or loaded (a new group) is asked again for a few seconds.
-    for attempt in range(10):
-        try:
-            group = admin.list_group_offsets(k.group_id).get(k.group_id, {})
-            break
-        except RetriableError:
-            if attempt == 9:
-                raise
-            time.sleep(0.5)
-    committed = {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == k.topic}
-    return ends, committed
-
-
-def _committed_sum(committed: dict[int, int]) -> int:
-    return sum(c for c in committed.values() if c is not None and c >= 0)
-
-
-def total_lag(ends: dict[int, int], committed: dict[int, int]) -> int:
-    return sum(e - max(0, committed.get(p) or 0) for p, e in ends.items())
 
 
 def redis_status(settings: EmbedworkerSettings) -> dict:
@@ -126,8 +90,8 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
     try:
         clients = {u: connect(r, u) for u in dict.fromkeys(urls)}
         first = clients[urls[0]]
-        index = resolve_index(first, settings, model_slug(settings.model.name))
-        alias = alias_target(first, settings)
+        index = resolve_index(first, settings.redis, model_slug(settings.model.name))
+        alias = alias_target(first, settings.redis)
         keys = []
         placement: dict[str, int] = {}  # shards per server
         for i, key in enumerate(index.shard_keys()):
@@ -152,7 +116,7 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
 
 def parquet_status(settings: EmbedworkerSettings, topic: str | None = None, partitions: list[int] | None = None) -> dict:
     """Files, rows and bytes per index, and the highest offset per partition of the index this
-    config writes: for the lake from its log (`pipelines.lake`), for plain files from their
+    config writes: for the lake from its log (`pipelines.maintenance.lake_admin`), for plain files from their
     names and footers (index folders `index=<name>`; "-" for the layout before them)."""
     p = settings.parquet
     if not p.enabled:
@@ -238,7 +202,7 @@ def collect_status(settings: EmbedworkerSettings, window_s: float = 0.0, actors:
     report = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kafka": kafka, "redis": redis_status(settings),
               "parquet": parquet_status(settings, settings.kafka.topic, partitions)}
     if actors:
-        from pipelines.actor_status import actor_status
+        from pipelines.stream.replica_status import actor_status
 
         report["actors"] = actor_status(settings)
     if check_health:

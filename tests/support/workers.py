@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from workers.worker import EmbeddingWorker
+from workers.stream.worker import EmbeddingWorker
 
 
 class SlowSetupWorker(EmbeddingWorker):

@@ -20,17 +20,17 @@ import fsspec
 import pyarrow.parquet as pq
 
 from workers.documents import Document, DocumentLimits, RecordOrigin, Rejection, parse_record
-from workers.encode_stage import sink_records
 from workers.encoding.encoder import Encoder
 from workers.errors import SinkBackpressureError
-from workers.lake_settings import ParquetSettings
 from workers.settings import (
     BatchingSettings,
     DocumentSettings,
     ModelSettings,
+    ParquetSettings,
     RedisSettings,
     model_slug,
 )
+from workers.sinks.base import sink_records
 from workers.sinks.lake import new_parquet_sink
 from workers.sinks.redis_vset import RedisVectorSetSink
 

@@ -32,8 +32,7 @@ from ray import serve
 from ray.exceptions import RayError
 
 from pipelines.config import EmbedworkerSettings, ServeSettings
-from pipelines.search import FilterError, RedisUnavailableError, Searcher, SearchError, UnknownIndexError
-from pipelines.serve_api import (
+from pipelines.serving.http_contract import (
     ApiError,
     EmbeddingQuery,
     check_api_key,
@@ -44,10 +43,12 @@ from pipelines.serve_api import (
     parse_json,
     parse_search_request,
 )
-from pipelines.serve_metrics import ServeMetrics, metrics_store
+from pipelines.serving.metrics import ServeMetrics, metrics_store
+from pipelines.serving.search import FilterError, RedisUnavailableError, Searcher, SearchError, UnknownIndexError
 from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError
-from workers.settings import model_slug, read_secret
+from workers.secrets import read_secret
+from workers.settings import model_slug
 
 APP_NAME = "embedworker"
 INDEX_CACHE_S = 2.0  # how long a replica trusts what an index name (or the alias) resolved to
@@ -76,7 +77,7 @@ class QueryService:
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.embed_batch.set_max_batch_size(s.serve.max_batch_size)
         self.embed_batch.set_batch_wait_timeout_s(s.serve.batch_wait_ms / 1000)
-        self.page = resources.files("pipelines").joinpath("static/search.html").read_bytes()
+        self.page = resources.files("pipelines.serving").joinpath("static/search.html").read_bytes()
         self._embedding = 0  # requests between the start and the end of `embed`
 
     # ---- routes -----------------------------------------------------------------------------
@@ -240,10 +241,9 @@ def application(settings: EmbedworkerSettings):
 
 def build_app(args: dict):
     """An application builder for KubeRay's RayService and `serve run`: `import_path:
-    pipelines.serve:build_app`, `args: {config: /etc/embedworker/config.yaml}`. The HTTP host and
+    pipelines.serving.service:build_app`, `args: {config: /etc/embedworker/config.yaml}`. The HTTP host and
     port are then the cluster's Serve settings, not serve.host/serve.port."""
-    from pipelines.config import load_settings
-    from pipelines.ray_session import resolve_model
+    from pipelines.config import load_settings, resolve_model
 
     settings, note = resolve_model(load_settings(args["config"]))
     if note:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import EmbedworkerSettings
-from pipelines.lake import LakeError, newest_records, read_rows
+from pipelines.maintenance.lake_admin import LakeError, newest_records, read_rows
 from workers.errors import SinkBackpressureError
 from workers.settings import RedisSettings, model_slug
 from workers.sinks.base import SinkRecord

@@ -82,7 +82,7 @@ class WorkerMetrics:
         self.counts = {"consumed": 0, "embedded": 0, "rejected": 0, "deleted": 0, "written": 0, "batches": 0,
                        "too_old": 0}
         # Seconds the encode and sink threads spent working: with `written`, the autoscaler's
-        # processing rate of a replica that is not saturated (pipelines/autoscale.py).
+        # processing rate of a replica that is not saturated (pipelines/stream/autoscaler.py).
         self.busy_s = {"encode": 0.0, "sink": 0.0}
         self.started = time.time()
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, documents written)

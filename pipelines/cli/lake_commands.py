@@ -1,6 +1,6 @@
 """The command line of day-2 operations: `embedworker lake compact | vacuum | checkpoint`,
 `embedworker restore` and `embedworker dlq show | redrive` (part of the one `embedworker` entry
-point; `pipelines.cli` registers these)."""
+point; `pipelines.cli.main` registers these)."""
 
 from __future__ import annotations
 
@@ -21,29 +21,29 @@ def add_commands(sub, command, settings_of) -> None:
     helper; `settings_of` is its settings loader."""
 
     def lake_compact(args) -> int:
-        from pipelines.lake import compact
+        from pipelines.maintenance.lake_admin import compact
 
         result = compact(settings_of(args), older_than_days=args.days, index=args.index)
         return _print(args, result, f"compacted {result['days']} day(s): {result['files_removed']} files into "
                                     f"{result['files_added']} ({result['seconds']} s, table version {result['version']})")
 
     def lake_vacuum(args) -> int:
-        from pipelines.lake import vacuum
+        from pipelines.maintenance.lake_admin import vacuum
 
         result = vacuum(settings_of(args), retention_hours=args.retention_hours, dry_run=args.dry_run)
         verb = "would remove" if result["dry_run"] else "removed"
         return _print(args, result, f"{verb} {result['files']} file(s) unused for {result['retention_hours']} h")
 
     def lake_checkpoint(args) -> int:
-        from pipelines.lake import checkpoint
+        from pipelines.maintenance.lake_admin import checkpoint
 
         result = checkpoint(settings_of(args))
         return _print(args, result, f"checkpoint written at table version {result['version']}")
 
     def restore(args) -> int:
-        from pipelines.backfill import switch_alias
-        from pipelines.ray_session import resolve_model
-        from pipelines.restore import restore_index
+        from pipelines.batch.backfill import switch_alias
+        from pipelines.config import resolve_model
+        from pipelines.maintenance.restore import restore_index
 
         settings, note = resolve_model(settings_of(args))  # the index is named after the model used
         if note:
@@ -77,7 +77,7 @@ def add_commands(sub, command, settings_of) -> None:
         q.add_argument("--json", action="store_true")
 
     def dlq_show(args) -> int:
-        from pipelines.dead_letter_tools import show
+        from pipelines.ops.dlq import show
 
         result = show(settings_of(args), reason=args.reason, limit=args.limit)
         if args.json:
@@ -102,7 +102,7 @@ def add_commands(sub, command, settings_of) -> None:
         return 0
 
     def dlq_redrive(args) -> int:
-        from pipelines.dead_letter_tools import redrive
+        from pipelines.ops.dlq import redrive
 
         result = redrive(settings_of(args), reason=args.reason, since=args.since, to=args.to, dry_run=args.dry_run)
         verb = "would re-drive" if args.dry_run else "re-drove"

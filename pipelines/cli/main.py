@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 
 # A SIGTERM that comes while `run` starts is recorded, not fatal: it drains and exits 0 however
-# early it came. As `python -m pipelines.cli` that holds from the first moment (imports included);
+# early it came. As `python -m pipelines.cli.main` that holds from the first moment (imports included);
 # through the `embedworker` script from main() on. Every other command keeps the default.
 EARLY_SIGTERM: list[int] = []
 
@@ -36,13 +36,13 @@ from kafka.errors import KafkaError  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.text import Text  # noqa: E402
 
-from pipelines.cli_lake import add_commands as add_lake_commands  # noqa: E402
+from pipelines.cli.lake_commands import add_commands as add_lake_commands  # noqa: E402
+from pipelines.cli.tables import eval_table, print_status, search_table, summary_table  # noqa: E402
 from pipelines.config import ConfigError, EmbedworkerSettings, load_settings  # noqa: E402
-from pipelines.tables import eval_table, print_status, search_table, summary_table  # noqa: E402
 from workers import logs  # noqa: E402
 from workers.errors import EmbedworkerError, IndexMismatchError, LakeFormatError, ModelNotFoundError  # noqa: E402
 from workers.kafka.clients import kafka_error_message  # noqa: E402
-from workers.settings import redact_url  # noqa: E402
+from workers.secrets import redact_url  # noqa: E402
 
 log = logging.getLogger("embedworker.cli")
 console = Console(stderr=False)
@@ -70,8 +70,9 @@ def cmd_run(args) -> int:
     # once it exists.
     early = EARLY_SIGTERM
     signal.signal(signal.SIGINT, _record_signal)
-    from pipelines.ray_session import init_ray, resolve_model
-    from pipelines.stream import StreamSupervisor
+    from pipelines.config import resolve_model
+    from pipelines.ray_session import init_ray
+    from pipelines.stream.supervisor import StreamSupervisor
 
     settings, note = resolve_model(_settings(args))
     if note:
@@ -93,7 +94,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_produce(args) -> int:
-    from pipelines.produce import produce_file
+    from pipelines.ops.produce import produce_file
 
     settings = _settings(args)
     result = produce_file(settings, args.file, partitions=args.partitions)
@@ -103,8 +104,8 @@ def cmd_produce(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from pipelines.ray_session import resolve_model
-    from pipelines.search import Searcher
+    from pipelines.config import resolve_model
+    from pipelines.serving.search import Searcher
 
     settings, note = resolve_model(_settings(args))
     if note:
@@ -123,8 +124,8 @@ def cmd_serve(args) -> int:
     """Serve until SIGINT or SIGTERM, then take the application down (exit 0)."""
     import threading
 
-    from pipelines.ray_session import resolve_model
-    from pipelines.serve import start_service, stop_service
+    from pipelines.config import resolve_model
+    from pipelines.serving.service import start_service, stop_service
 
     settings, note = resolve_model(_settings(args))
     if note:
@@ -146,8 +147,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pipelines.ray_session import resolve_model
-    from pipelines.status import collect_status
+    from pipelines.config import resolve_model
+    from pipelines.ops.status import collect_status
 
     settings = _settings(args)
     try:
@@ -155,7 +156,7 @@ def cmd_status(args) -> int:
     except ModelNotFoundError:
         pass  # status reports on the services; the configured name still names the index
     if args.watch:
-        from pipelines.tables import watch_status
+        from pipelines.cli.tables import watch_status
 
         return watch_status(settings, console, args.interval, args.count, actors=not args.no_actors)
     report = collect_status(settings, window_s=args.window, actors=not args.no_actors)
@@ -176,8 +177,9 @@ def cmd_backfill(args) -> int:
         TimeRemainingColumn,
     )
 
-    from pipelines.backfill import BackfillJob, replay_topic
-    from pipelines.ray_session import resolve_model
+    from pipelines.batch.backfill import BackfillJob
+    from pipelines.batch.replay import replay_topic
+    from pipelines.config import resolve_model
 
     if bool(args.input) == bool(args.replay_topic):
         err_console.print("[red]backfill needs exactly one of --input GLOB and --replay-topic TOPIC[/red]")
@@ -226,9 +228,9 @@ def cmd_backfill(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pipelines.eval_data import EvalSet
-    from pipelines.evaluation import RetrievalEval, variants_from
-    from pipelines.ray_session import resolve_model
+    from pipelines.config import resolve_model
+    from pipelines.evaluation.eval_sets import EvalSet
+    from pipelines.evaluation.retrieval_eval import RetrievalEval, variants_from
 
     settings, note = resolve_model(_settings(args))
     if note:
@@ -246,7 +248,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from pipelines.demo import run_demo
+    from pipelines.cli.demo import run_demo
 
     return run_demo(_settings(args), console)
 
