@@ -7,8 +7,8 @@ import pytest
 import redis
 from kafka.errors import KafkaConnectionError
 
-from pipelines.cli.main import failure_sentence, main
 from pipelines.cli import main as cli
+from pipelines.cli.main import failure_sentence, main
 from pipelines.config import load_settings
 
 
