@@ -24,7 +24,7 @@ from pipelines.stream.supervisor import StreamSupervisor
 from workers.kafka.clients import new_admin
 from workers.sinks.redis_client import connect
 
-FEED = Path(__file__).parent / "demo_data" / "news_sample.jsonl"
+FEED = Path(__file__).parents[1] / "demo_data" / "news_sample.jsonl"
 
 
 def reset(settings: EmbedworkerSettings) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from workers.errors import EmbedworkerError
 
-SHIPPED = Path(__file__).parent / "demo_data"
+SHIPPED = Path(__file__).parents[1] / "demo_data"
 
 
 class EvalDataError(EmbedworkerError):
