@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down status cluster-up cluster-down cluster-status test test-fast lint plots demo bench-encoder clean
+.PHONY: install up down status cluster-up cluster-down cluster-status test test-fast lint docs plots demo bench-encoder clean
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# The documentation site (mkdocs.yml, docs/) into build/site: first the references generated from the
+# code must be current (docs/generate.py --check), then --strict fails on any broken link.
+docs: install
+	$(PY) docs/generate.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d build/site
 
 # PNG charts from the recorded benchmark results (bench/results/*.json -> bench/plots/).
 plots: install

@@ -40,36 +40,56 @@ class ConfigError(EmbedworkerError):
 
 
 class RaySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    address: str | None = None      # None: a local Ray; "auto" or ray://host:10001 for a cluster
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    address: str | None = None
+    """Null: a local Ray, started and stopped with the command; `auto` or `ray://host:10001` for a cluster."""
     namespace: str = "embedworker"
-    num_cpus: int | None = None     # for a local Ray only
-    # How the `embedworker` command authenticates to the cluster at `address` (it sets RAY_AUTH_MODE
-    # before Ray loads; Ray reads it once): "token" sends the token of RAY_AUTH_TOKEN or
-    # ~/.ray/auth_token; None leaves Ray's default. In your own Python, set RAY_AUTH_MODE yourself.
+    """The Ray namespace of the actors."""
+    num_cpus: int | None = None
+    """CPUs of a local Ray (only without `address`)."""
     auth_mode: Literal["token", "disabled"] | None = None
+    """How `embedworker` commands authenticate to the cluster at `address` (`RAY_AUTH_MODE`, set before Ray loads):
+    `token` sends the token of `RAY_AUTH_TOKEN` or `~/.ray/auth_token`; null leaves Ray's default. In your own
+    Python, set `RAY_AUTH_MODE` yourself."""
 
 
 class ServeSettings(BaseModel):
     """`embedworker serve`: the query service (Ray Serve replicas, each with the model loaded)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    host: str = "127.0.0.1"             # --host overrides; 0.0.0.0 to listen on every interface
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    host: str = "127.0.0.1"
+    """Address to listen on (`--host` overrides); `0.0.0.0` for every interface."""
     port: int = Field(8000, ge=1, le=65535)
-    replicas: int = Field(1, ge=1)      # replicas at start (the minimum when autoscaling)
-    max_replicas: int | None = Field(None, ge=1)  # above `replicas`: Ray Serve autoscales between them
-    target_ongoing_requests: float = Field(8.0, gt=0)  # per replica, what autoscaling aims at
-    max_ongoing_requests: int = Field(64, ge=1)        # per replica; more wait in the proxy
-    max_batch_size: int = Field(32, ge=1)   # requests embedded in one forward pass (all their inputs)
-    batch_wait_ms: float = Field(10.0, ge=0)  # how long the first request of a batch waits for others
-    num_gpus: float = Field(0, ge=0)    # per replica: 1, or a fraction to share a GPU with stream replicas
+    """Port to listen on (`--port` overrides)."""
+    replicas: int = Field(1, ge=1)
+    """Replicas at start (the minimum when autoscaling), each with its own copy of the model."""
+    max_replicas: int | None = Field(None, ge=1)
+    """Above `replicas`: Ray Serve autoscales between the two."""
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    """Requests in flight per replica that autoscaling aims at."""
+    max_ongoing_requests: int = Field(64, ge=1)
+    """Requests in flight per replica at most; more wait in the proxy."""
+    max_batch_size: int = Field(32, ge=1)
+    """Requests embedded together in one encoder call (all their inputs)."""
+    batch_wait_ms: float = Field(10.0, ge=0)
+    """How long the first request of a batch waits for others."""
+    num_gpus: float = Field(0, ge=0)
+    """GPUs per replica: 1, or a fraction to share a GPU with stream replicas."""
     num_cpus: float = Field(1, ge=0)
-    api_key: SecretStr | None = None    # clients send `Authorization: Bearer <key>`; null: no key
+    """CPUs Ray reserves per replica."""
+    api_key: SecretStr | None = None
+    """Clients send `Authorization: Bearer <key>` (every route but `/healthz`, `/metrics` and the page); null: no
+    key."""
     api_key_file: Path | None = None
-    max_inputs: int = Field(2048, ge=1)         # texts per embeddings request
-    max_input_chars: int = Field(32_768, ge=1)  # characters per text (longer ones: 400 before tokenizing)
+    """A file whose first line is the API key (instead of `api_key`)."""
+    max_inputs: int = Field(2048, ge=1)
+    """Texts per embeddings request at most."""
+    max_input_chars: int = Field(32_768, ge=1)
+    """Characters per text at most (a longer one is a 400, before tokenizing)."""
     max_k: int = Field(1000, ge=1)
+    """Hits per search at most."""
     max_filter_chars: int = Field(2000, ge=1)
+    """Characters of a search filter at most."""
 
     @model_validator(mode="after")
     def _replicas_in_order(self) -> ServeSettings:
@@ -81,10 +101,13 @@ class ServeSettings(BaseModel):
 
 
 class LoggingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    level: LogLevel = "INFO"        # DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    level: LogLevel = "INFO"
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL, in any case (`--log-level` overrides)."""
     json_format: bool = False
+    """One JSON object per log line instead of text."""
     summary_interval_s: float = 10.0
+    """How often the driver logs one summary line per replica."""
 
     @field_validator("level", mode="before")
     @classmethod
@@ -94,18 +117,28 @@ class LoggingSettings(BaseModel):
 
 class EmbedworkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
-                                      case_sensitive=False, frozen=True)
+                                      case_sensitive=False, frozen=True, use_attribute_docstrings=True)
 
     kafka: KafkaSettings = KafkaSettings()
+    """Where documents come from: brokers, topic, consumer group, dead letters, security."""
     model: ModelSettings = ModelSettings()
+    """The embedding model: which one, where it runs, prefixes, truncation, chunking, tokenizing."""
     batching: BatchingSettings = BatchingSettings()
+    """The token-budget dynamic batcher in front of the forward pass."""
     documents: DocumentSettings = DocumentSettings()
+    """Limits of the message contract; a record over one goes to the dead-letter topic."""
     redis: RedisSettings = RedisSettings()
+    """The Redis vector-set sink, search and retention."""
     parquet: ParquetSettings = ParquetSettings()
+    """The lake: a Delta Lake table (or the older plain files) of every vector and document."""
     workers: WorkersSettings = WorkersSettings()
+    """The streaming replicas: how many, their resources, backpressure, metrics, autoscaling."""
     ray: RaySettings = RaySettings()
+    """Which Ray the commands use: a local one or a cluster."""
     serve: ServeSettings = ServeSettings()
+    """`embedworker serve`: the query service on Ray Serve."""
     logging: LoggingSettings = LoggingSettings()
+    """Log level and format, and the driver's summary lines."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -1,5 +1,5 @@
 """Draws the dashboard's layout from embedworker.json (panel grid, titles, units, queries) into
-embedworker.png, for the README: a picture of what Grafana shows, without data.
+embedworker.png, for the docs: a picture of what Grafana shows, without data.
 
     .venv/bin/python infra/grafana/render.py
 """

@@ -33,14 +33,17 @@ class SupervisorMetrics:
 
     def __init__(self):
         reg = self.registry = CollectorRegistry()
-        self.replicas = Gauge("embedworker_replicas", "Replicas by state", ["state"], registry=reg)
-        self.changes = Counter("embedworker_replica_changes", "Replica count changes", ["direction", "cause"],
-                               registry=reg)
+        self.replicas = Gauge("embedworker_replicas", "Replicas by state: desired (autoscaler or workers.replicas), "
+                              "running, starting, draining", ["state"], registry=reg)
+        self.changes = Counter("embedworker_replica_changes",
+                               "Replica count changes by direction (up, down) and cause (backlog, idle, bounds)",
+                               ["direction", "cause"], registry=reg)
         self.rate_per_replica = Gauge("embedworker_autoscale_rate_per_replica",
                                       "Documents per second one replica processes when busy", registry=reg)
-        self.input_rate = Gauge("embedworker_autoscale_input_rate", "Records per second produced to the topic",
-                                registry=reg)
-        self.errors = Counter("embedworker_autoscale_errors", "Measurements that failed (then tried again)",
+        self.input_rate = Gauge("embedworker_autoscale_input_rate",
+                                "Records per second produced to the topic (last minute)", registry=reg)
+        self.errors = Counter("embedworker_autoscale_errors",
+                              "Autoscaling measurements that failed, by error (decisions wait; tried again)",
                               ["error"], registry=reg)
 
 
