@@ -13,3 +13,14 @@ Packages, each importing only those listed below it (enforced by `make lint`):
 - `maintenance/`: the lake's upkeep, retention sweeps, restore.
 Runtime code (stream, batch, serving, maintenance) never imports reports (`ops`) or the CLI.
 """
+
+import os as _os
+
+# A clean stop of a driver (run, serve: SIGTERM or Ctrl-C drains, then one line "stopped") must
+# not be preceded by the stack Ray's native failure handler prints for the signal ("*** SIGTERM
+# received … PC: @ …"). Ray reads this variable when it is imported, which in a driver happens
+# after this package is; `ray_session.init_ray` takes it out of the environment again before Ray
+# starts its processes, so a Ray worker that crashes still prints its native stack.
+QUIET_NATIVE_SIGTERM = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER" not in _os.environ
+if QUIET_NATIVE_SIGTERM:
+    _os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"

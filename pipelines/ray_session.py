@@ -5,11 +5,13 @@ names replica actors get (so `status` finds them).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 import ray
 import ray._private.utils
 
+import pipelines
 from pipelines.config import EmbedworkerSettings
 
 ACTOR_PREFIX = "embedworker:"
@@ -29,6 +31,8 @@ def init_ray(settings: EmbedworkerSettings) -> None:
     through Python, and the local Ray is shut down on the way out."""
     if ray.is_initialized():
         return
+    if pipelines.QUIET_NATIVE_SIGTERM:  # this process only (see pipelines/__init__.py)
+        os.environ.pop("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
     kwargs = dict(namespace=settings.ray.namespace, include_dashboard=False, log_to_driver=True,
                   configure_logging=False)
     if settings.ray.address:

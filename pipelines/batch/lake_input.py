@@ -14,12 +14,12 @@ import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from pipelines.config import EmbedworkerSettings
-from pipelines.maintenance.lake_admin import LakeError, newest_records
+from pipelines.maintenance.lake_admin import LakeError
+from pipelines.maintenance.lake_scan import scan_newest
 from workers.sinks.lake import open_table
 
 COLUMNS = ["id", "chunk", "op", "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at", "text", "title", "url",
@@ -69,22 +69,41 @@ def export_documents(settings: EmbedworkerSettings, path: str, index: str | None
     inner = earlier[-1].rsplit("/", 1)[0] if earlier else f"{root}/index={index}/v{table.version()}"
     done = f"{inner}/_SUCCESS"
     if not fs.exists(done):
-        rows = newest_records(dataset.to_table(columns=COLUMNS, filter=ds.field("index") == index))
-        rows = rows.filter(pc.equal(rows["chunk"], 0))  # the text is on a document's first chunk
-        textless = rows.filter(pc.and_(pc.equal(rows["op"], "upsert"), pc.is_null(rows["text"]))).num_rows
-        if textless:
-            raise LakeError(f"{textless} documents of index {index!r} have no text in the lake (written with "
-                            "parquet.include_text off): re-embed them from their source")
-        fs.makedirs(inner, exist_ok=True)
-        for n, start in enumerate(range(0, max(rows.num_rows, 1), ROWS_PER_FILE)):
-            with fs.open(f"{inner}/part-{n:05d}.jsonl", "w", encoding="utf-8") as f:
-                for r in rows.slice(start, ROWS_PER_FILE).to_pylist():
-                    f.write(json.dumps(_document(r), ensure_ascii=False) + "\n")
+        documents = _export(dataset, index, fs, inner)
         with fs.open(done, "w") as f:
-            f.write(json.dumps({"table": path, "version": table.version(), "index": index, "documents": rows.num_rows}))
+            f.write(json.dumps({"table": path, "version": table.version(), "index": index, "documents": documents}))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     found = sorted(p for p in fs.glob(f"{inner}/part-*.jsonl"))
     return [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in found]
+
+
+def _export(dataset, index: str, fs, inner: str) -> int:
+    """The newest record of each document (its first chunk holds the text) as JSONL files of
+    ROWS_PER_FILE, read a batch at a time (pipelines/maintenance/lake_scan.py). LakeError when
+    a document kept no text; nothing is marked done then."""
+    fs.makedirs(inner, exist_ok=True)
+    documents, part, out = 0, 0, None
+    try:
+        for rows in scan_newest(dataset, index).batches(COLUMNS):
+            rows = rows.filter(pc.equal(rows["chunk"], 0))
+            textless = rows.filter(pc.and_(pc.equal(rows["op"], "upsert"), pc.is_null(rows["text"]))).num_rows
+            if textless:
+                raise LakeError(f"documents of index {index!r} have no text in the lake (written with "
+                                "parquet.include_text off): re-embed them from their source")
+            for r in rows.to_pylist():
+                if out is None or documents % ROWS_PER_FILE == 0:
+                    if out is not None:
+                        out.close()
+                    out = fs.open(f"{inner}/part-{part:05d}.jsonl", "w", encoding="utf-8")
+                    part += 1
+                out.write(json.dumps(_document(r), ensure_ascii=False) + "\n")
+                documents += 1
+        if out is None:  # an index of no documents: one empty file, as before
+            fs.open(f"{inner}/part-00000.jsonl", "w", encoding="utf-8").close()
+    finally:
+        if out is not None:
+            out.close()
+    return documents
 
 
 def _document(r: dict) -> dict:

@@ -89,8 +89,12 @@ def cmd_run(args) -> int:
         return 0
     supervisor.start()
     results = supervisor.supervise()
-    log.info("stopped: %s", results)
-    return 0 if all(r.get("state") == "stopped" for r in results) else 1
+    log.debug("the replicas' final stats: %s", results)
+    failed = [f"replica {r.get('replica')} {r.get('state')}" for r in results if r.get("state") != "stopped"]
+    log.info("stopped: %d replica(s) drained, %d documents written, %d rejected%s", len(results) - len(failed),
+             sum(int(r.get("written") or 0) for r in results), sum(int(r.get("rejected") or 0) for r in results),
+             f"; {', '.join(failed)}" if failed else "")
+    return 0 if not failed else 1
 
 
 def cmd_produce(args) -> int:

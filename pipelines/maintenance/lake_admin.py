@@ -16,7 +16,6 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
@@ -73,50 +72,38 @@ def lake_status(settings: EmbedworkerSettings, topic: str | None = None, partiti
             "highest_offset": highest, "version": table.version()}
 
 
-def read_rows(settings: EmbedworkerSettings, index: str | None = None, columns: list[str] | None = None,
-              filter=None) -> pa.Table | None:
-    """The rows of the current version (one index's, or all), as readers should see them: for the
-    lake through its log (uncommitted and replaced files are never read), for plain files the
-    folder with `index` and `dt` from the paths. None when nothing was written yet."""
+def lake_dataset(settings: EmbedworkerSettings):
+    """The current version's rows as a pyarrow dataset (for the lake through its log: uncommitted
+    and replaced files are never read; for plain files the folder, with `index` and `dt` from the
+    paths). None when nothing was written yet."""
     import pyarrow.dataset as ds
 
     p = settings.parquet
     if p.format == "delta":
         table = open_table(uri_of(settings), p.storage_options())
-        if table is None:
-            return None
-        dataset = table.to_pyarrow_dataset()
-    else:
-        from workers.sinks.parquet_files import list_files, open_filesystem
+        return None if table is None else table.to_pyarrow_dataset()
+    from workers.sinks.parquet_files import list_files, open_filesystem
 
-        fs, root = open_filesystem(p.path)
-        if not list_files(fs, root):
-            return None
-        dataset = ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive")
+    fs, root = open_filesystem(p.path)
+    if not list_files(fs, root):
+        return None
+    return ds.dataset(root, filesystem=fs, format="parquet", partitioning="hive")
+
+
+def read_rows(settings: EmbedworkerSettings, index: str | None = None, columns: list[str] | None = None,
+              filter=None) -> pa.Table | None:
+    """The rows of the current version (one index's, or all), in memory, as readers should see
+    them (`lake_dataset`). None when nothing was written yet. For small reads (eval, tests); a
+    whole index goes through pipelines/maintenance/lake_scan.py instead."""
+    import pyarrow.dataset as ds
+
+    dataset = lake_dataset(settings)
+    if dataset is None:
+        return None
     condition = None if index is None else ds.field("index") == index
     if filter is not None:
         condition = filter if condition is None else condition & filter
     return dataset.to_table(columns=columns, filter=condition)
-
-
-def newest_records(table: pa.Table) -> pa.Table:
-    """The rows of each id's newest record (all its chunks). Within one source partition the
-    offset orders the records (an id's records of a stream share its partition; a deletion can be
-    stored before the upsert it follows, so ingestion times do not); between sources (a backfill
-    and the stream) the later ingestion wins. Older records of an id are dropped."""
-    keys = table.select(["id", "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at"]).append_column(
-        "_row", pa.array(np.arange(table.num_rows)))
-    source = ["id", "kafka_topic", "kafka_partition"]
-    latest = keys.group_by(source).aggregate([("kafka_offset", "max")]).rename_columns(source + ["kafka_offset"])
-    candidates = keys.join(latest, keys=source + ["kafka_offset"], join_type="inner")
-    ordered = candidates.sort_by([("ingested_at", "ascending"), ("kafka_offset", "ascending")])
-    last = ordered.group_by("id", use_threads=False).aggregate([("kafka_topic", "last"), ("kafka_partition", "last"),
-                                                                ("kafka_offset", "last")])
-    winners = candidates.join(last, keys=["id"], join_type="inner")
-    keep = winners.filter(pc.and_(pc.and_(pc.equal(winners["kafka_topic"], winners["kafka_topic_last"]),
-                                          pc.equal(winners["kafka_partition"], winners["kafka_partition_last"])),
-                                  pc.equal(winners["kafka_offset"], winners["kafka_offset_last"])))["_row"]
-    return table.take(keep.take(pc.sort_indices(keep)))
 
 
 def closed_days(table: DeltaTable, older_than_days: int = 1, index: str | None = None) -> list[tuple[str, str]]:

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import EmbedworkerSettings
-from pipelines.maintenance.lake_admin import LakeError, newest_records, read_rows
+from pipelines.maintenance.lake_admin import LakeError, lake_dataset
+from pipelines.maintenance.lake_scan import scan_newest
 from workers.errors import SinkBackpressureError
 from workers.settings import RedisSettings, model_slug
 from workers.sinks.base import SinkRecord
@@ -27,43 +28,46 @@ from workers.sinks.redis_vset import RedisVectorSetSink
 
 COLUMNS = ["id", "chunk", "op", "model", "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at",
            "embedding", "title", "url", "source", "lang", "published_at", "attrs"]
-BATCH = 2000
 
 
 def restore_index(settings: EmbedworkerSettings, index: str | None = None, target: str | None = None,
                   on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Add the vectors of `index` (default: the configured one) from the lake to the vector sets
-    of `target` (default: the same name). Returns counts and the rate."""
+    of `target` (default: the same name), a batch at a time (pipelines/maintenance/lake_scan.py:
+    the driver holds the index's keys and one batch, never all its vectors). Returns counts and
+    the rate."""
     source = index or settings.redis.index_name(settings.model.name)
-    stored = read_rows(settings, source, columns=COLUMNS)
-    if stored is None or stored.num_rows == 0:
+    dataset = lake_dataset(settings)
+    scan = scan_newest(dataset, source) if dataset is not None else None
+    if scan is None or scan.rows_in_lake == 0:
         raise LakeError(f"the lake at {settings.parquet.path} holds no rows of index {source!r}")
-    rows = newest_records(stored)
-    models = set(pc.unique(rows.filter(pc.equal(rows["op"], "upsert"))["model"]).to_pylist())
+    keys = scan.keys
+    models = set(pc.unique(keys.filter(pc.equal(keys["op"], "upsert"))["model"]).to_pylist())
     if len(models) > 1:
         raise LakeError(f"index {source!r} holds vectors of several models ({', '.join(sorted(models))}): not restored")
     model = models.pop() if models else settings.model.name
-    dim = _dim(rows)
     prefix = settings.model.document_prefix if model == settings.model.name else None
     redis: RedisSettings = settings.redis.model_copy(update={"index": target or source})
+    chunks = dict(zip(*np.unique(np.asarray(keys["id"].to_pylist(), dtype=object), return_counts=True)))
+    chunked = settings.model.chunking.enabled
+    dim = next((d for rows in scan.batches(["embedding"]) if (d := _dim(rows))), 0)  # the first vector's
     sink = RedisVectorSetSink(redis, model_slug(model), model, dim, prefix)
     sink.setup()
-    chunks = dict(zip(*np.unique(np.asarray(rows["id"].to_pylist(), dtype=object), return_counts=True)))
-    chunked = settings.model.chunking.enabled
-    started, written, deleted = time.monotonic(), 0, 0
+    started, written, deleted, done = time.monotonic(), 0, 0, 0
     try:
-        for start in range(0, rows.num_rows, BATCH):
-            batch = [_record(r, chunks, chunked) for r in rows.slice(start, BATCH).to_pylist()]
+        for rows in scan.batches(COLUMNS):
+            batch = [_record(r, chunks, chunked) for r in rows.to_pylist()]
             _write(sink, batch)
             written += sum(1 for r in batch if r.op == "upsert")
             deleted += sum(1 for r in batch if r.op == "delete")
+            done += len(batch)
             if on_progress:
-                on_progress(start + len(batch), rows.num_rows)
+                on_progress(done, keys.num_rows)
     finally:
         sink.close()
     seconds = time.monotonic() - started
-    return {"index": source, "target": sink.index.base, "model": model, "rows_in_lake": stored.num_rows,
-            "vectors": written, "deleted": deleted, "seconds": round(seconds, 2),
+    return {"index": source, "target": sink.index.base, "model": model,
+            "rows_in_lake": scan.rows_in_lake, "vectors": written, "deleted": deleted, "seconds": round(seconds, 2),
             "vectors_per_s": round(written / seconds, 1) if seconds > 0 else None}
 
 

@@ -21,12 +21,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
 from pipelines.config import EmbedworkerSettings
+from workers.sinks.fenced_writes import sources_key
 from workers.sinks.redis_client import connect, explain_redis_error
 from workers.sinks.vector_sets import VectorSetIndex
 
 log = logging.getLogger("embedworker.retention")
 BATCH = 500  # elements per script call: short enough not to hold Redis long
 
+# KEYS: the shard, its times set, its sources hash (workers/sinks/fenced_writes.py: an expired
+# element's source goes with it; a stale write of it is refused as too old by the sink anyway)
 SWEEP = """
 local elements = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]))
 for _, element in ipairs(elements) do
@@ -34,6 +37,7 @@ for _, element in ipairs(elements) do
 end
 if #elements > 0 then
   redis.call('ZREM', KEYS[2], unpack(elements))
+  redis.call('HDEL', KEYS[3], unpack(elements))
 end
 return #elements
 """
@@ -47,7 +51,8 @@ class RetentionSweeper:
         reg = registry or CollectorRegistry()
         self.expired = Counter("embedworker_vectors_expired", "Vectors removed by the retention sweep", ["index"],
                                registry=reg).labels(self.index_name)
-        self.oldest_age = Gauge("embedworker_oldest_vector_age_seconds", "Age of the oldest vector kept (retention)",
+        self.oldest_age = Gauge("embedworker_oldest_vector_age_seconds",
+                                "Age of the oldest vector Redis keeps, after the last sweep",
                                 ["index"], registry=reg).labels(self.index_name)
         self.errors = Counter("embedworker_retention_errors", "Sweeps ended by a Redis error (tried again later)",
                               registry=reg)
@@ -76,7 +81,7 @@ class RetentionSweeper:
                     client = clients[urls[i % len(urls)]]
                     times = VectorSetIndex.times_key(key)
                     while True:
-                        removed = int(client.eval(SWEEP, 2, key, times, repr(cutoff), BATCH))
+                        removed = int(client.eval(SWEEP, 3, key, times, sources_key(key), repr(cutoff), BATCH))
                         expired += removed
                         self.expired.inc(removed)
                         if removed < BATCH:

@@ -15,7 +15,9 @@
 Never more replicas than partitions (an extra consumer gets none) nor than `max_replicas`, never
 fewer than `min_replicas`. Up at once (after `cooldown_s` since the last change); down only to
 the most replicas wanted at any moment of the last `scale_down_after_s`, so a bursty input does
-not make the count oscillate.
+not make the count oscillate. The first scale-up waits for no cooldown: a backlog found at the
+start is answered as soon as a replica's rate is measured (seconds, since replicas hold only
+`workers.max_in_flight_s` of work and write within it).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class ReplicaAutoscaler:
         self._ends: deque[tuple[float, int]] = deque()
         self._wanted: deque[tuple[float, int]] = deque()
         self._history: dict[int, deque] = {}  # replica -> (at, written, encode busy s, sink busy s) in the window
-        self._last_change = started_at
+        self._started_at = started_at
+        self._last_change: float | None = None  # no change yet: the first scale-up waits for no cooldown
 
     def observe(self, obs: Observation, running: int) -> ScaleDecision | None:
         """Take one observation; a decision when the count of `running` replicas should change."""
@@ -82,12 +85,13 @@ class ReplicaAutoscaler:
         self._wanted.append((obs.at, wanted))
         while self._wanted and self._wanted[0][0] < obs.at - s.scale_down_after_s:
             self._wanted.popleft()
-        if obs.at - self._last_change < s.cooldown_s:
+        if self._last_change is not None and obs.at - self._last_change < s.cooldown_s:
             return None
+        since = obs.at - (self._started_at if self._last_change is None else self._last_change)
         target = running
         if wanted > running:
             target = wanted
-        elif wanted < running and obs.at - self._last_change >= s.scale_down_after_s:
+        elif wanted < running and since >= s.scale_down_after_s:
             target = min(running, max(w for _, w in self._wanted))  # the most wanted within the window
         if target == running:
             return None

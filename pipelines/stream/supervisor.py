@@ -24,7 +24,7 @@ from pipelines.maintenance.retention_sweep import RetentionSweeper
 from pipelines.ray_session import actor_name, init_ray
 from pipelines.stream.replica_status import log_replica_summary
 from pipelines.stream.scaling import ReplicaScaling
-from workers.errors import EmbedworkerError
+from workers.errors import EmbedworkerError, ThreadStuckError
 from workers.kafka.source import leave_group
 from workers.stream.worker import EmbeddingWorker
 
@@ -36,6 +36,12 @@ SETUP_ATTEMPTS = 5
 
 class ReplicaStartError(EmbedworkerError):
     """A replica kept dying while it was set up: the stream could not start."""
+
+
+def _sentence(exc: RayTaskError) -> str:
+    """The replica's own one-sentence reason (ReplicaError names the thread), not Ray's traceback."""
+    cause = getattr(exc, "cause", None)
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).splitlines()[0]
 
 
 def _fatal_cause(exc: RayTaskError) -> EmbedworkerError | None:
@@ -261,7 +267,14 @@ class StreamSupervisor:
             if fatal is not None:
                 self.stop()
                 raise fatal from None
-            log.error("replica %d failed: %s; starting it again", replica, exc)
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ThreadStuckError):
+                # a thread of the failed run would not stop: set up again in that process, the
+                # replica would hold two models; its process is restarted instead (Ray)
+                log.error("replica %d failed and %s; restarting its process", replica, cause)
+                ray.kill(self.actors[replica], no_restart=False)
+            else:
+                log.error("replica %d failed: %s; starting it again", replica, _sentence(exc))
             time.sleep(1.0)
         except (RayActorError, ActorDiedError, ActorUnavailableError) as exc:
             now = time.monotonic()

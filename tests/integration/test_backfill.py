@@ -44,15 +44,6 @@ def write_corpus(folder: Path, n: int, seed: int = 0, bad_every: int = 0) -> dic
     return texts
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, namespace="embedworker-tests", configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def vcard(redis_client, settings, index):
     return sum(redis_client.execute_command("VCARD", k) for k in VectorSetIndex(
         settings.redis.key_prefix, index, settings.redis.shards).shard_keys())

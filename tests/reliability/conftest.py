@@ -31,15 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 WORDS = ["속보", "정부", "발표", "금리", "반도체", "수출", "날씨", "태풍", "야구", "선거", "breaking", "market", "rates", "storm", "chip", "election"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, namespace="embedworker-reliability", configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 class Stream:
     """A topic of valid documents with bad records mixed in, and the checks of the final state."""
 

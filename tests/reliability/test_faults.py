@@ -287,6 +287,7 @@ def test_sigterm_during_a_burst_drains_and_exits_0(stream_settings, redis_client
         t0 = time.monotonic()
         code = _stop_driver(driver)
     assert code == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert "SIGTERM received" not in (tmp_path / "driver.log").read_text(), "Ray's native stack before the stop"
     print(f"\nSIGTERM: drained, flushed, committed and exited in {time.monotonic() - t0:.1f} s")
     committed = committed_offsets(settings)
     table = read_parquet(settings)

@@ -136,6 +136,8 @@ def served(tmp_path_factory, tiny_model_dir):
         yield svc, settings, encoder, searcher, run_dir
         if svc.process.poll() is None:
             assert svc.stop() == 0, svc.log.read_text()[-3000:]
+            # a clean stop: no native stack of Ray's failure handler before the last line
+            assert "SIGTERM received" not in svc.log.read_text() and "stopped" in svc.log.read_text()
     finally:
         svc.kill_all()
         service("redis.sh", "stop", run_dir, REDIS_PORT=REDIS_PORT)

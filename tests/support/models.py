@@ -18,6 +18,8 @@ from typing import Any
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
     "koen-e5-tiny": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536),
+    # A real slow model for a CPU replica (~20 news docs/s on one thread): bench/backlog.py.
+    "four-layer": dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1536),
     # No transformer layers: the forward is nearly free, so what is measured is the host path.
     "zero-layer": dict(hidden_size=384, num_hidden_layers=0, num_attention_heads=12, intermediate_size=1536),
 }

@@ -110,3 +110,14 @@ def test_min_above_max_is_a_config_error_naming_the_key(tmp_path):
     path.write_text("workers:\n  autoscale: {enabled: true, min_replicas: 3, max_replicas: 2}\n")
     with pytest.raises(ConfigError, match="workers.autoscale"):
         load_settings(path)
+
+
+def test_a_backlog_at_the_start_is_answered_as_soon_as_a_rate_is_measured():
+    """Before, the first scale-up waited for cooldown_s (30 s) after the start, on top of the
+    replica's first writes (which took minutes with a backlog held in flight)."""
+    scaler = ReplicaAutoscaler(settings(), 0.0)  # cooldown_s 30
+    busy = {"replica": 0, "written": 0, "encode_busy_s": 0.0, "sink_busy_s": 0.0}
+    assert scaler.observe(Observation(5, 3000, 3000, 6, [busy]), 1) is None  # no rate yet
+    wrote = {"replica": 0, "written": 95, "encode_busy_s": 5.0, "sink_busy_s": 0.5}
+    decision = scaler.observe(Observation(10, 3000, 2905, 6, [wrote]), 1)
+    assert decision is not None and decision.replicas == 3 and decision.cause == "backlog"

@@ -121,3 +121,53 @@ def test_every_item_is_released_exactly_once_and_within_the_limits():
 def test_invalid_settings_are_rejected():
     with pytest.raises(EncoderConfigError, match="max_batch_tokens"):
         TokenBudgetBatcher(max_batch_tokens=0)
+
+
+def backlog(n: int, seed: int = 7) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.choice([rng.randint(8, 60), rng.randint(100, 512)]) for _ in range(n)]
+
+
+def test_a_backlog_is_cut_oldest_first_the_head_goes_in_the_first_batches():
+    """3,000 documents pending at once (a replica that polled a backlog): the oldest is in the
+    first batch released, and every document is released within the batches of the windows
+    before it, never behind the whole backlog (before: longest first over everything, so short
+    documents at the head of a partition waited for every longer one)."""
+    lens = backlog(3000)
+    b = TokenBudgetBatcher(max_batch_tokens=4096, max_batch_size=64, max_wait_ms=20, window_batches=2)
+    for i, n in enumerate(lens):
+        b.add(i, n, now=0.0)
+    batches = b.pop_ready(now=1.0)
+    position = {i: k for k, batch in enumerate(batches) for i in batch.items}
+    assert sorted(position) == list(range(3000))
+    assert position[0] == 0
+    # what is released first is old: the first 10 % of batches hold no document of the last half
+    early = [i for batch in batches[:len(batches) // 10] for i in batch.items]
+    assert max(early) < 1500
+    # and no document waits behind more than a bounded share of the backlog
+    assert max(position[i] - i * len(batches) // 3000 for i in range(3000)) < len(batches) // 3
+
+
+def test_without_the_window_the_head_would_wait_behind_the_whole_backlog():
+    """The test above can fail: with the window as wide as the backlog (the old behaviour) the
+    oldest, a short document, comes out near the end."""
+    lens = [40] + backlog(2999)
+    b = TokenBudgetBatcher(max_batch_tokens=4096, max_batch_size=64, max_wait_ms=20, window_batches=10**6)
+    for i, n in enumerate(lens):
+        b.add(i, n, now=0.0)
+    batches = b.pop_ready(now=1.0)
+    assert next(k for k, batch in enumerate(batches) if 0 in batch.items) > len(batches) // 2
+
+
+def test_an_item_of_an_odd_length_is_not_starved_by_younger_full_batches():
+    """A lone long item amid short ones: younger full batches of short items go first, but once
+    the long one is the oldest and due, its batch goes, alone if need be."""
+    b = TokenBudgetBatcher(max_batch_tokens=10**6, max_batch_size=4, max_wait_ms=10, window_batches=3)
+    b.add("long", 500, now=0.0)
+    for i in range(8):
+        b.add(f"s{i}", 20, now=0.001)
+    first = b.pop_ready(now=0.002)
+    assert [x.items for x in first] == [["s0", "s1", "s2", "s3"], ["s4", "s5", "s6", "s7"]]
+    assert b.pop_ready(now=0.009) == []
+    [late] = b.pop_ready(now=0.010)
+    assert late.items == ["long"]

@@ -79,6 +79,7 @@ def strict(schema):
     return schema
 
 
+@pytest.mark.integration  # fetches KubeRay's Go module (network) the first time
 @pytest.mark.parametrize("kind, crd", [("RayCluster", "ray.io_rayclusters.yaml"), ("RayJob", "ray.io_rayjobs.yaml"),
                                        ("RayService", "ray.io_rayservices.yaml")])
 def test_kuberay_manifests_validate_against_kuberays_crds(kuberay_crds, kind, crd):

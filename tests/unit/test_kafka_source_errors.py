@@ -63,3 +63,59 @@ def test_the_error_in_progress_is_reported():
     src, _ = source([UnknownTopicOrPartitionError("news")])
     src.poll(10)
     assert "UnknownTopicOrPartitionError" in src.last_error
+
+
+class RebalancingConsumer:
+    """A consumer whose poll runs a rebalance: the listener's callbacks, then (as kafka-python
+    does when a callback raised) a KafkaError out of poll()."""
+
+    def __init__(self, listener_of, assigned):
+        self.listener_of, self.assigned, self.paused_now = listener_of, assigned, []
+
+    def poll(self, timeout_ms=0, max_records=None):
+        try:
+            self.listener_of().on_partitions_assigned(self.assigned)
+        except Exception as exc:  # noqa: BLE001
+            raise KafkaConnectionError(f"rebalance failed: {exc}") from exc
+        return {}
+
+    def pause(self, *tps):
+        self.paused_now += tps
+
+    def assignment(self):
+        return set(self.assigned)
+
+
+def listening_source(on_assigned):
+    from kafka import TopicPartition
+
+    from workers.kafka.source import _Listener
+
+    src = KafkaSource(KafkaSettings(topic="news"), replica=0)
+    consumer = RebalancingConsumer(lambda: src._listener, [TopicPartition("news", 3)])
+    src._consumer = consumer
+    src._listener = _Listener(src, on_assigned, lambda tps, clean: None)
+    return src, consumer
+
+
+def test_a_failed_rebalance_handler_is_the_replicas_failure_not_an_outage():
+    """Before, the KafkaError poll() raised after a handler failed read as a passing outage: the
+    source backed off and polled on with the replica's partitions half set up."""
+    from workers.errors import ReplicaError
+
+    def broken(partitions):
+        raise KeyError("half applied")
+
+    src, _ = listening_source(broken)
+    with pytest.raises(ReplicaError, match="handling assigned partitions failed \\(KeyError"):
+        src.poll(10)
+
+
+def test_partitions_assigned_while_paused_are_paused_before_any_fetch():
+    """Before, pause() paused the partitions held then; one assigned later (a rebalance during a
+    sink outage) was fetched, past the in-flight bound."""
+    got = []
+    src, consumer = listening_source(got.extend)
+    src._paused = True
+    src.poll(10)
+    assert consumer.paused_now == consumer.assigned and got == [("news", 3)]

@@ -64,3 +64,24 @@ def test_redelivered_offsets_are_not_tracked_twice():
     ledger.add(TP, 3, DOC)
     ledger.add(TP, 2, DOC)
     assert ledger.pending() == 1
+
+
+def test_a_rejection_acknowledged_before_the_sinks_pass_it_does_not_shift_the_release():
+    """Found by the simulation (seed 181): a rejected record at the head of a partition,
+    acknowledged by the DLQ while the sink thread was waiting out a retry (so it had not yet
+    skipped it), was popped by the commit and moved the release point one slot back: the
+    next release handed the sinks an already released record (payload None) and skipped
+    another."""
+    ledger = OffsetLedger()
+    tp = ("t", 0)
+    ledger.add(tp, 0, REJECT)
+    ledger.add(tp, 1, DOC)
+    ledger.add(tp, 2, DOC)
+    ledger.ack_reject(tp, 0)
+    assert ledger.committable() == {tp: 1}  # before any take_ready: the rejection alone is done
+    ledger.fill(tp, 1, ["r1"])
+    ledger.fill(tp, 2, ["r2"])
+    assert ledger.take_ready() == [(tp, 1, ["r1"]), (tp, 2, ["r2"])]
+    assert ledger.unreleased() == 0
+    ledger.mark_durable({tp: 2})
+    assert ledger.committable() == {tp: 3}

@@ -1,4 +1,5 @@
-"""init_ray leaves the caller's SIGTERM handler in force while Ray starts (a local Ray, no services)."""
+"""init_ray leaves the caller's SIGTERM handler in force while Ray starts (a local Ray it starts
+itself: marked integration, as it starts Ray's processes)."""
 
 import signal
 
@@ -8,6 +9,8 @@ import ray
 from pipelines.config import load_settings
 from pipelines.ray_session import init_ray
 
+pytestmark = pytest.mark.integration
+
 
 def test_the_callers_sigterm_handler_survives_ray_init():
     seen = []
@@ -16,8 +19,7 @@ def test_the_callers_sigterm_handler_survives_ray_init():
         seen.append(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
-    if ray.is_initialized():
-        pytest.skip("a Ray session is already open in this process")
+    ray.shutdown()  # a session-wide Ray of other tests: this test starts its own
     try:
         init_ray(load_settings(None, {"ray": {"num_cpus": 1}}))
         assert signal.getsignal(signal.SIGTERM) is handler, "ray.init replaced the SIGTERM handler"
@@ -30,8 +32,7 @@ def test_the_callers_sigterm_handler_survives_ray_init():
 
 def test_without_a_handler_of_the_callers_ray_installs_its_own():
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if ray.is_initialized():
-        pytest.skip("a Ray session is already open in this process")
+    ray.shutdown()  # a session-wide Ray of other tests: this test starts its own
     try:
         init_ray(load_settings(None, {"ray": {"num_cpus": 1}}))
         assert callable(signal.getsignal(signal.SIGTERM)), "a SIGTERM would skip Ray's shutdown"

@@ -57,6 +57,9 @@ class Encoder:
         self.revision = files.revision
         self.max_tokens = tokenizer.max_tokens
         self.pad_to_multiple_of = 8 if device.type == "cuda" else 1
+        # launch() returns before the work is done (CUDA): the caller launches the next batch
+        # before collecting this one; on the CPU launch() computes, and a batch is collected at once
+        self.asynchronous = device.type == "cuda"
         self._pool = ThreadPoolExecutor(max_workers=tokenizer_threads, thread_name_prefix="tokenize")
         # tokenizer_processes > 0: tokenizing runs in that many processes (more cores than one
         # Python process gives the Rust tokenizer); the threads then only wait for them.
@@ -156,9 +159,10 @@ class Encoder:
         """Vectors for one batch of token id lists (pads, runs the model, pools, normalizes)."""
         return self.collect(self.launch(ids, self._padded_len(ids)))
 
-    def new_batcher(self, max_wait_ms: float = 0.0, max_padding: float = 0.1) -> TokenBudgetBatcher:
+    def new_batcher(self, max_wait_ms: float = 0.0, max_padding: float = 0.1, window_batches: int = 8) -> TokenBudgetBatcher:
         return TokenBudgetBatcher(self.max_batch_tokens, self.max_batch_size, max_wait_ms,
-                                  pad_to_multiple_of=self.pad_to_multiple_of, max_padding=max_padding)
+                                  pad_to_multiple_of=self.pad_to_multiple_of, max_padding=max_padding,
+                                  window_batches=window_batches)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -190,9 +194,10 @@ class Encoder:
 
     def _encode_tokenized(self, tokenized: TokenizedTexts) -> np.ndarray:
         """Vectors in the order of `tokenized.ids`: length-sorted token-budget batches, each
-        launched before the previous one's result is collected."""
+        launched before the previous one's result is collected. All texts are here at once and
+        wait for the last: length grouping spans all of them (no age window)."""
         out = np.empty((len(tokenized), self.dim), dtype=np.float32)
-        batcher = self.new_batcher()
+        batcher = self.new_batcher(window_batches=max(1, len(tokenized)))
         for i, ids in enumerate(tokenized.ids):
             batcher.add(i, len(ids), 0.0)
         in_flight: tuple[Batch, torch.Tensor] | None = None

@@ -29,6 +29,9 @@ from workers.settings import KafkaSettings
 log = logging.getLogger("embedworker.dlq")
 HEADER_ROOM = 16 * 1024
 RESEND_AFTER_S = 30.0  # a rejection the broker has not acknowledged by then is sent again
+# How long a send may wait for the topic's metadata or buffer room (kafka-python's default is
+# 60 s, on the polling thread): past it the send is refused, and sent again later.
+MAX_BLOCK_MS = 2000
 
 
 def dlq_headers(rej: Rejection) -> list[tuple[str, bytes]]:
@@ -72,7 +75,7 @@ class DeadLetterPublisher:
     def setup(self) -> None:
         s = self.settings
         try:
-            self._producer = new_producer(s, "dlq")
+            self._producer = new_producer(s, "dlq", max_block_ms=MAX_BLOCK_MS)
         except KafkaError as exc:
             raise SourceError(kafka_error_message(exc, s)) from None
 
@@ -82,6 +85,14 @@ class DeadLetterPublisher:
         if self._producer is None:
             raise SourceError("the DLQ publisher is not open (setup() not called, or closed)")
         return self._producer
+
+    def failure(self) -> BaseException | None:
+        """The producer's sender thread (it sends and acknowledges) ended: nothing rejected
+        would reach the DLQ again, and the partitions would stop committing. None while it runs."""
+        sender = getattr(self._producer, "_sender", None)
+        if sender is not None and not sender.is_alive():
+            return RuntimeError("the dead-letter producer's sender thread ended")
+        return None
 
     def publish(self, rej: Rejection, on_acked: Callable[[], None]) -> None:
         """Send one rejection (polling thread); `on_acked` runs in the producer's thread once the

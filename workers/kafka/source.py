@@ -29,7 +29,7 @@ from kafka.errors import (
 )
 from kafka.structs import MemberState, OffsetAndMetadata
 
-from workers.errors import SourceError
+from workers.errors import EmbedworkerError, ReplicaError, SourceError
 from workers.kafka.clients import FATAL_KAFKA_ERRORS, kafka_error_message, new_admin, new_consumer
 from workers.settings import KafkaSettings
 
@@ -40,16 +40,25 @@ log = logging.getLogger("embedworker.kafka")
 class _Listener(ConsumerRebalanceListener):
     """Runs on kafka-python's IO thread (heartbeats wait meanwhile): bounded work only and no
     blocking Kafka call.
-    Incremental (cooperative) rebalancing: only partitions that really move are revoked."""
+    Incremental (cooperative) rebalancing: only partitions that really move are revoked.
+    Partitions assigned while the source is paused are paused before any record is fetched.
+    An exception in a handler leaves the replica's view of its partitions half applied:
+    kafka-python would hand it back from poll() as a KafkaError, which reads as a passing
+    outage; it is kept here instead, and the next poll raises it as the replica's failure."""
 
-    def __init__(self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP], bool], None]):
-        self._on_assigned, self._on_revoked = on_assigned, on_revoked
+    def __init__(self, source: KafkaSource, on_assigned: Callable[[list[TP]], None],
+                 on_revoked: Callable[[list[TP], bool], None]):
+        self._source, self._on_assigned, self._on_revoked = source, on_assigned, on_revoked
+        self.failed: Exception | None = None
 
     def _call(self, what: str, fn, partitions, *args) -> None:
         try:
             fn(sorted((tp.topic, tp.partition) for tp in partitions), *args)
-        except Exception:
+        except Exception as exc:
             log.exception("handling %s partitions failed", what)
+            self.failed = exc if isinstance(exc, EmbedworkerError) else ReplicaError(
+                f"handling {what} partitions failed ({type(exc).__name__}: {exc}); the replica restarts to start "
+                "from what is committed")
             raise
 
     def on_partitions_revoked(self, revoked):
@@ -59,6 +68,8 @@ class _Listener(ConsumerRebalanceListener):
         self._call("lost", self._on_revoked, lost, False)
 
     def on_partitions_assigned(self, assigned):
+        if self._source.paused and assigned:
+            self._source.consumer.pause(*assigned)  # under backpressure: nothing fetched until resume()
         self._call("assigned", self._on_assigned, assigned)
 
 
@@ -74,6 +85,7 @@ class KafkaSource:
         self._logged: dict[str, float] = {}  # kind of error -> when it was last logged
         self._paused = False
         self._finished: set[TP] = set()
+        self._listener: _Listener | None = None
 
     def setup(self, on_assigned: Callable[[list[TP]], None], on_revoked: Callable[[list[TP], bool], None]) -> None:
         """Connect and join the group. `on_revoked(partitions, clean)` gets clean=False when the
@@ -97,7 +109,8 @@ class KafkaSource:
             # assigns nothing until its next metadata refresh.
             if not self._consumer.partitions_for_topic(s.topic):
                 log.warning("topic %s has no partitions yet (it will be picked up when it does)", s.topic)
-            self._consumer.subscribe([s.topic], listener=_Listener(on_assigned, on_revoked))
+            self._listener = _Listener(self, on_assigned, on_revoked)
+            self._consumer.subscribe([s.topic], listener=self._listener)
         except KafkaError as exc:
             raise SourceError(kafka_error_message(exc, s)) from None
 
@@ -110,8 +123,9 @@ class KafkaSource:
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list:
         """Records in offset order per partition (rebalance callbacks run meanwhile). Raises
-        SourceError for authentication and authorization; other errors back off (this call
-        then waits out up to `timeout_ms` of the backoff and returns nothing)."""
+        SourceError for authentication and authorization, ReplicaError when a rebalance handler
+        failed; other errors back off (this call then waits out up to `timeout_ms` of the
+        backoff and returns nothing)."""
         wait = self._retry_at - time.monotonic()
         if wait > 0:
             time.sleep(min(wait, timeout_ms / 1000))
@@ -123,8 +137,12 @@ class KafkaSource:
         except FencedInstanceIdError:
             raise self._fenced() from None
         except (KafkaError, IllegalStateError) as exc:
+            if self._listener is not None and self._listener.failed is not None:
+                raise self._listener.failed from None
             self._poll_failed(exc)
             return []
+        if self._listener is not None and self._listener.failed is not None:
+            raise self._listener.failed
         if self._failures:
             log.info("polling works again after %d failed poll(s)", self._failures)
             self._failures, self.last_error = 0, None
@@ -213,6 +231,14 @@ class KafkaSource:
     def seek(self, tp: TP, offset: int) -> None:
         """Read this partition again from `offset` (non-blocking; from the polling thread)."""
         self.consumer.seek(TopicPartition(*tp), offset)
+
+    def position(self, tp: TP) -> int | None:
+        """The offset of the next record this consumer returns for `tp` (past transaction
+        markers and gaps); None when not known yet."""
+        try:
+            return self.consumer.position(TopicPartition(*tp), timeout_ms=0)
+        except (KafkaError, IllegalStateError, AssertionError):
+            return None
 
     def finish(self, tp: TP) -> None:
         """Stop fetching this partition for good (a bounded replay reached its end offset)."""

@@ -89,5 +89,9 @@ class Sink(Protocol):
         """Flush (best effort; not when `flush` is False) and forget partitions this worker no
         longer owns; returns their durable offsets as they were just before forgetting them."""
 
+    def failure(self) -> BaseException | None:
+        """What ended a thread of the sink's own (a lake writer), None while it is healthy (and
+        for sinks without one); the polling thread checks it at every poll."""
+
     def close(self) -> None:
         """Flush what can be flushed and release connections; called once at shutdown."""

@@ -26,7 +26,13 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
-from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.exceptions import (
+    CommitFailedError,
+    DeltaError,
+    DeltaProtocolError,
+    SchemaMismatchError,
+    TableNotFoundError,
+)
 
 from workers.errors import LakeFormatError, SinkBackpressureError, SinkError
 from workers.settings import ParquetSettings
@@ -40,6 +46,9 @@ SCHEMA_MARK = re.compile(r"embedworker vector lake, schema (?P<version>\d+)")
 PARTITION_BY = ["index", "dt"]
 COMPRESSION = {"zstd": "ZSTD", "snappy": "SNAPPY", "gzip": "GZIP", "none": "UNCOMPRESSED"}
 CAS_ATTEMPTS = 20
+# Errors no retry fixes (a table of a newer protocol, another schema): the replica stops in words.
+# The rest of DeltaError and OSError (the store unreachable, a full disk) is backpressure.
+PERMANENT = (DeltaProtocolError, SchemaMismatchError)
 
 
 def app_id(index: str, topic: str, partition: int) -> str:
@@ -114,6 +123,8 @@ class DeltaLakeSink(ParquetSink):
     def _refresh(self) -> DeltaTable:
         try:
             self._table.update_incremental()
+        except PERMANENT as exc:
+            raise SinkError(f"the lake at {self._uri} cannot be written by this version: {exc}") from None
         except (OSError, DeltaError) as exc:
             raise SinkBackpressureError(f"cannot read the lake at {self._uri}: {exc}", retry_after_s=2.0) from None
         return self._table
@@ -173,6 +184,8 @@ class DeltaLakeSink(ParquetSink):
                                 **self._commit_meta, "embedworker.writer": self._writer_id}))
         except CommitFailedError:
             raise
+        except PERMANENT as exc:
+            raise SinkError(f"the lake at {self._uri} refused the commit for good: {exc}") from None
         except (OSError, DeltaError) as exc:
             raise SinkBackpressureError(f"cannot commit to the lake at {self._uri}: {exc}", retry_after_s=2.0) from None
         self.files_written += 1

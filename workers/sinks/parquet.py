@@ -19,6 +19,7 @@ that reads the folder; the sink counts them as held by every index of the model 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -45,6 +46,8 @@ from workers.sinks.parquet_files import (
     records_table,
 )
 
+log = logging.getLogger("embedworker.parquet")
+
 
 @dataclass
 class Piece:
@@ -66,9 +69,17 @@ class _Buffer:
 
 class ParquetSink:
     """Rows are buffered per partition; a buffer that is full or old enough is sealed and written
-    by a writer thread of its own, so slow storage never holds up the other sinks."""
+    by a writer thread of its own, so slow storage never holds up the other sinks.
+
+    The writer thread retries what storage refuses for now (SinkBackpressureError, under the
+    error's `retry_after_s`) and keeps everything; anything else ends it: a permanent error
+    (SinkError: a table of another protocol or schema) or a bug. Either way `failure()` says why
+    and `flush()` raises it, so the replica stops (in words, or restarted) instead of buffering
+    forever. With `threaded=False` (the simulation) there is no thread: `write_once()` is its
+    round, and a forced flush writes inline."""
 
     name = "parquet"
+    threaded = True
 
     def __init__(self, settings: ParquetSettings, index: str, model_id: str, model_revision: str | None, dim: int,
                  document_prefix: str):
@@ -92,6 +103,7 @@ class ParquetSink:
         self._sealed: deque[tuple[TP, _Buffer]] = deque()  # closed, waiting for the writer, in order
         self._cond = threading.Condition()
         self._error: SinkBackpressureError | None = None
+        self._fatal: BaseException | None = None  # what ended the writer thread
         self._writer: threading.Thread | None = None
         self._closing = False
         self.files_written = 0
@@ -110,8 +122,18 @@ class ParquetSink:
         # pyarrow loads its compute and pandas layers on the first timestamp-with-zone column:
         # seconds of CPU, paid here rather than by the first file of the stream.
         pq.write_table(records_table([], self.schema), pa.BufferOutputStream(), compression=self.settings.compression)
-        self._writer = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
-        self._writer.start()
+        if self.threaded:
+            self._writer = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
+            self._writer.start()
+
+    def failure(self) -> BaseException | None:
+        """What ended the writer thread (None while it runs): a SinkError, or an unexpected
+        exception; also a thread that is gone without one."""
+        if self._fatal is not None:
+            return self._fatal
+        if self._writer is not None and not self._writer.is_alive() and not self._closing:
+            return RuntimeError("the Parquet writer thread ended")
+        return None
 
     def assign(self, partitions: list[TP]) -> None:
         """Start these partitions afresh and read what the folder already holds for them
@@ -177,9 +199,25 @@ class ParquetSink:
                         now - buf.opened_at >= self.settings.max_seconds:
                     self._seal(tp)
             if force:
-                self._cond.wait_for(lambda: not self._sealed or self._error is not None, timeout)
+                self._wait_written(lambda: not self._sealed, timeout)
+            if self._fatal is not None:
+                raise self._fatal
             if self._error is not None:
                 raise self._error
+
+    def _wait_written(self, done, timeout: float) -> None:
+        """Wait (holding `_cond`) until `done()`, the writer failed or `timeout` passed; without a
+        thread, write inline instead."""
+        if not self.threaded:
+            self._cond.release()
+            try:
+                while not done() and self._error is None:
+                    if not self.write_once():
+                        break
+            finally:
+                self._cond.acquire()
+            return
+        self._cond.wait_for(lambda: done() or self._error is not None or self._fatal is not None, timeout)
 
     def _seal(self, tp: TP) -> None:
         self._sealed.append((tp, self._buffers.pop(tp)))
@@ -200,8 +238,7 @@ class ParquetSink:
             if flush:
                 for tp in [t for t in self._buffers if t in gone]:
                     self._seal(tp)
-                self._cond.wait_for(lambda: not any(t in gone for t, _ in self._sealed) or self._error is not None,
-                                    timeout=10.0)
+                self._wait_written(lambda: not any(t in gone for t, _ in self._sealed), timeout=10.0)
             durable = {tp: off for tp, off in self.durable_offsets().items() if tp in gone}
             self._forget(partitions)
         return durable  # what was not written is not committed: the next owner reads it again
@@ -212,11 +249,16 @@ class ParquetSink:
         for tp in partitions:
             for table in (self._held, self._given, self._buffers):
                 table.pop(tp, None)
+        if not self._sealed:
+            # the refused writes were of these partitions: nothing is left to retry, so the
+            # sink takes data again (kept, every flush would refuse and the input stay paused)
+            self._error = None
 
     def close(self) -> None:
         """Write what is buffered (waiting up to a minute), then stop the writer thread."""
         try:
-            self.flush(0.0, force=True)
+            if self._fatal is None:
+                self.flush(0.0, force=True)
         finally:
             with self._cond:
                 self._closing = True
@@ -227,43 +269,73 @@ class ParquetSink:
     # ---- files ----------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        """The writer thread: takes every sealed buffer at once, writes them (`_write_pieces`),
-        then records what is held. Backpressure is kept and retried; nothing is dropped."""
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._sealed or self._closing)
-                if not self._sealed:
-                    return
-                batch = list(self._sealed)
-                unknown = [tp for tp, _ in batch if tp not in self._held]
-            try:
-                if unknown:
-                    self._read_held(unknown)  # the store was unreadable at assignment
+        """The writer thread: `write_once()` until the sink closes. What ends it is kept in
+        `failure()`, said in one line, and raised by the next flush."""
+        try:
+            while True:
                 with self._cond:
-                    held = {tp: self._held.get(tp, -1) for tp, _ in batch}
-                expected = dict(held)  # what the store holds now, as this sink believes
-                pieces: list[Piece] = []
-                for tp, buf in batch:
-                    rows = [r for r in buf.rows if r.offset > held[tp]]
-                    if rows:
-                        pieces.append(Piece(tp, rows, rows[0].offset, buf.last))
-                    held[tp] = max(held[tp], buf.last)
-                if pieces:
-                    held.update(self._write_pieces(pieces, expected))
-            except SinkBackpressureError as exc:
-                with self._cond:
-                    self._error = exc
-                    self._cond.notify_all()
-                    self._cond.wait(exc.retry_after_s)
-                continue
+                    self._cond.wait_for(lambda: self._sealed or self._closing)
+                    if not self._sealed:
+                        return
+                    retry_after = self._error.retry_after_s if self._error is not None else 0.0
+                if retry_after:
+                    with self._cond:  # waiting out the retry delay (woken early by close)
+                        self._cond.wait_for(lambda: self._closing, retry_after)
+                self.write_once()
+        except BaseException as exc:  # noqa: BLE001 - a permanent error or a bug: the replica stops
+            log.error("the lake writer stopped: %s: %s", type(exc).__name__, exc)
             with self._cond:
-                done = {id(buf) for _, buf in batch}
-                self._sealed = deque(item for item in self._sealed if id(item[1]) not in done)
-                for tp in held:
-                    if tp in self._given:  # not revoked meanwhile
-                        self._held[tp] = max(self._held.get(tp, -1), held[tp])
-                self._error = None
+                self._fatal = exc
                 self._cond.notify_all()
+
+    def step_writer(self) -> bool:
+        """One round of the writer with its failure kept as the thread keeps it (the simulation
+        runs the writer this way, `threaded=False`). Returns whether it wrote."""
+        try:
+            return self.write_once()
+        except BaseException as exc:  # noqa: BLE001 - kept for failure(), as the thread does
+            with self._cond:
+                self._fatal = exc
+                self._cond.notify_all()
+            return False
+
+    def write_once(self) -> bool:
+        """One round of the writer: take every sealed buffer, write them (`_write_pieces`), then
+        record what is held. Backpressure is kept (`_error`) and retried by the next round;
+        nothing is dropped. Returns whether it wrote. Raises anything but backpressure."""
+        with self._cond:
+            if not self._sealed:
+                return False
+            batch = list(self._sealed)
+            unknown = [tp for tp, _ in batch if tp not in self._held]
+        try:
+            if unknown:
+                self._read_held(unknown)  # the store was unreadable at assignment
+            with self._cond:
+                held = {tp: self._held.get(tp, -1) for tp, _ in batch}
+            expected = dict(held)  # what the store holds now, as this sink believes
+            pieces: list[Piece] = []
+            for tp, buf in batch:
+                rows = [r for r in buf.rows if r.offset > held[tp]]
+                if rows:
+                    pieces.append(Piece(tp, rows, rows[0].offset, buf.last))
+                held[tp] = max(held[tp], buf.last)
+            if pieces:
+                held.update(self._write_pieces(pieces, expected))
+        except SinkBackpressureError as exc:
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+            return False
+        with self._cond:
+            done = {id(buf) for _, buf in batch}
+            self._sealed = deque(item for item in self._sealed if id(item[1]) not in done)
+            for tp in held:
+                if tp in self._given:  # not revoked meanwhile
+                    self._held[tp] = max(self._held.get(tp, -1), held[tp])
+            self._error = None
+            self._cond.notify_all()
+        return True
 
     def _write_pieces(self, pieces: list[Piece], expected: dict[TP, int]) -> dict[TP, int]:
         """Write each piece as one file (this layout needs no fencing: a file's name is its

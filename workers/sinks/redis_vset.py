@@ -1,9 +1,11 @@
 """The Redis sink: vector sets (Redis >= 8: VADD, VREM), one element per document id (or chunk),
 in the keys VectorSetIndex names (one per shard; see workers/sinks/vector_sets.py for the layouts).
-Writes are pipelined without MULTI (a transaction would stop VADD from using threads).
+Writes are fenced script calls, pipelined (workers/sinks/fenced_writes.py): each element
+remembers the record that wrote it, and an older record of the same partition (a replica that
+lost the partition, writing in the moment before it knows) is refused in the same round trip.
 VADD upserts, so writing a record twice is harmless: the sink is idempotent.
 
-With `redis.retention`, each VADD is paired in the same pipeline with a ZADD of the element's
+With `redis.retention`, each VADD is paired in the same call with a ZADD of the element's
 time (published_at, else the ingestion time) into the shard's times set, each VREM with a ZREM;
 a document already older than the retention is not added (and a younger copy of it goes). The
 driver's sweep (pipelines/maintenance/retention_sweep.py) removes what ages out later.
@@ -21,6 +23,7 @@ a failover or resharding (MOVED, ASK, a dead master) makes the client learn the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -28,14 +31,14 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import orjson
 import redis
-from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, ResponseError
+from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError, NoScriptError, ResponseError
 
 from workers.errors import IndexMismatchError, SinkBackpressureError, SinkError
 from workers.secrets import redact_url
 from workers.settings import DEFAULT_QUANTIZATION, RedisSettings
 from workers.sinks.base import TP, SinkRecord
+from workers.sinks.fenced_writes import FENCED_WRITE, ElementOp, element_attributes, script_calls
 from workers.sinks.redis_client import (
     CLUSTER_REDIRECTS,
     TRANSIENT,
@@ -46,8 +49,6 @@ from workers.sinks.redis_client import (
     send_pipelined,
 )
 from workers.sinks.vector_sets import VectorSetIndex
-
-RESERVED_ATTRS = ("id", "chunk", "chunks", "title", "url", "source", "lang", "published_at", "model")
 
 
 class RedisVectorSetSink:
@@ -72,6 +73,9 @@ class RedisVectorSetSink:
         self.deleted = 0
         self.too_old = 0  # documents not indexed: older than redis.retention when they came
         self.on_too_old: Callable[[int], None] | None = None  # the worker counts them in a metric
+        self.stale = 0    # element writes refused: an older record than the one that wrote them last
+        self.on_stale: Callable[[int], None] | None = None
+        self._script_sha = hashlib.sha1(FENCED_WRITE.encode()).hexdigest()
         self._retention_s = settings.retention_s
 
     def _url_of(self, shard: int) -> str:
@@ -128,68 +132,95 @@ class RedisVectorSetSink:
             self._durable[rec.tp] = max(self._durable.get(rec.tp, -1), rec.offset)
 
     def _write_shard(self, shard: int, records: list[SinkRecord]) -> None:
+        """One shard's records as fenced script calls (workers/sinks/fenced_writes.py), pipelined
+        on the connection of the key's master, then WAIT when asked. Raises what Redis raised
+        (the caller turns it into backpressure or a SinkError)."""
         client, key = self._clients[shard], self.index.shard_keys()[shard]
         target = self._master_of(client, key)
-        chunks_now = self._stored_chunk_counts(target, key, records)  # kept current through the batch
-        commands: list[tuple] = []
-        quant = self.quantization.upper()
-        times = VectorSetIndex.times_key(key) if self._retention_s is not None else None
-        cutoff = time.time() - self._retention_s if self._retention_s is not None else float("-inf")
-        too_old = 0
-
-        def remove(elements) -> None:
-            for element in elements:
-                commands.append(("VREM", key, element))
-                if times is not None:
-                    commands.append(("ZREM", times, element))
-
-        for rec in records:
-            if rec.op == "delete":
-                remove([rec.id, *(f"{rec.id}#{k}" for k in range(chunks_now.get(rec.id, 0)))])
-                chunks_now[rec.id] = 0
-                continue
-            element = VectorSetIndex.element(rec.id, rec.chunk, rec.chunked)
-            at = self._time_of(rec) if times is not None else 0.0
-            if at < cutoff:
-                # older than the retention already: not indexed (the lake has it); a copy indexed
-                # when it was younger goes, as the sweep would take it
-                too_old += rec.chunk == 0
-                remove([element])
-            else:
-                blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
-                commands.append(("VADD", key, "FP32", blob, element, quant, "EF", self.settings.ef,
-                                 "SETATTR", self._attributes(rec), "M", self.settings.m, *self._cas))
-                if times is not None:
-                    commands.append(("ZADD", times, at, element))  # a re-published document moves
-            if rec.chunked and rec.chunk == rec.chunks - 1:
-                # the document got shorter: its old trailing chunks go
-                remove([f"{rec.id}#{k}" for k in range(rec.chunks, chunks_now.get(rec.id, 0))])
-                chunks_now[rec.id] = rec.chunks
+        ops, too_old = self._element_ops(target, key, records)
+        commands = script_calls(self._script_sha, key, self._times_key(key), ops, self.settings.ef, self.settings.m,
+                                self.settings.cas)
         wait = self.settings.wait_replicas
         if wait:  # on the same connection, after the writes: WAIT counts the replicas that have them
             commands.append(("WAIT", wait, int(self.settings.wait_timeout_s * 1000)))
-        try:
-            results = send_pipelined(target, commands)
-        except TRANSIENT:
-            self._refresh_topology(client)  # a master that died: its replica may have taken over
-            raise
-        for result in results:
-            if isinstance(result, CLUSTER_REDIRECTS):  # redis-py parses these replies into typed errors
-                self._refresh_topology(client)  # a failover or resharding: learn the new masters
-                raise ConnectionError(f"{key} moved ({result}); slots refreshed")
-            if isinstance(result, Exception):
-                raise result
+        results = self._send(client, target, key, commands)
         if wait and int(results[-1]) < wait:
             self._refresh_topology(client)  # a replica that died or a master that moved
             # written on the master, not yet on enough replicas: not durable, so not committed
             raise ConnectionError(f"only {results[-1]} of {wait} replica(s) acknowledged {key} within "
                                   f"{self.settings.wait_timeout_s} s (redis.wait_replicas)")
+        stale = sum(int(r) for r in results[:len(results) - (1 if wait else 0)])
+        if stale:
+            self.stale += stale
+            if self.on_stale is not None:
+                self.on_stale(stale)
         self.written += sum(1 for r in records if r.op != "delete")
         self.deleted += sum(1 for r in records if r.op == "delete")
         if too_old:
             self.too_old += too_old
             if self.on_too_old is not None:
                 self.on_too_old(too_old)
+
+    def _element_ops(self, target, key: str, records: list[SinkRecord]) -> tuple[list[ElementOp], int]:
+        """What `records` do to the shard's elements, in order, and how many documents are older
+        than the retention (not indexed). A document that got shorter loses its old trailing
+        chunks before its first chunk is rewritten: a write cut in between and retried still
+        finds the old count on chunk 0 and removes them."""
+        chunks_now = self._stored_chunk_counts(target, key, records)  # kept current through the batch
+        quant = self.quantization.upper()
+        retention = self._retention_s is not None
+        cutoff = time.time() - self._retention_s if self._retention_s is not None else float("-inf")
+        ops: list[ElementOp] = []
+        too_old = 0
+        for rec in records:
+            src = f"{rec.topic}:{rec.partition}"
+
+            def remove(elements: list[str], rec: SinkRecord = rec, src: str = src) -> None:
+                ops.extend(ElementOp(False, element, src, rec.offset) for element in elements)
+
+            if rec.op == "delete":
+                remove([rec.id, *(f"{rec.id}#{k}" for k in range(chunks_now.get(rec.id, 0)))])
+                chunks_now[rec.id] = 0
+                continue
+            if rec.chunked and rec.chunk == 0:
+                # the document got shorter: its old trailing chunks go first
+                remove([f"{rec.id}#{k}" for k in range(rec.chunks, chunks_now.get(rec.id, 0))])
+                chunks_now[rec.id] = rec.chunks
+            element = VectorSetIndex.element(rec.id, rec.chunk, rec.chunked)
+            at = self._time_of(rec) if retention else None
+            if at is not None and at < cutoff:
+                # older than the retention already: not indexed (the lake has it); a copy indexed
+                # when it was younger goes, as the sweep would take it
+                too_old += rec.chunk == 0
+                remove([element])
+            else:
+                blob = np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
+                ops.append(ElementOp(True, element, src, rec.offset, at, blob, quant, element_attributes(rec, self.model_slug)))
+        return ops, too_old
+
+    def _times_key(self, key: str) -> str | None:
+        return VectorSetIndex.times_key(key) if self._retention_s is not None else None
+
+    def _send(self, client, target, key: str, commands: list[tuple]) -> list:
+        """Pipeline `commands`; the script is loaded once where it is missing (a new or
+        restarted server). Raises a redirect as ConnectionError (slots refreshed first)."""
+        for attempt in range(2):
+            try:
+                results = send_pipelined(target, commands)
+            except TRANSIENT:
+                self._refresh_topology(client)  # a master that died: its replica may have taken over
+                raise
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                target.script_load(FENCED_WRITE)  # the calls before the missing one ran: writing again is idempotent
+                continue
+            for result in results:
+                if isinstance(result, CLUSTER_REDIRECTS):  # redis-py parses these replies into typed errors
+                    self._refresh_topology(client)  # a failover or resharding: learn the new masters
+                    raise ConnectionError(f"{key} moved ({result}); slots refreshed")
+                if isinstance(result, Exception):
+                    raise result
+            return results
+        raise ConnectionError(f"the fenced-write script could not be loaded on the server of {key}")
 
     @staticmethod
     def _time_of(rec: SinkRecord) -> float:
@@ -231,20 +262,6 @@ class RedisVectorSetSink:
                 raise raw
         return counts
 
-    def _attributes(self, rec: SinkRecord) -> bytes:
-        attrs = {k: v for k, v in rec.attrs.items() if k not in RESERVED_ATTRS and v is not None}
-        attrs.update(id=rec.id, chunk=rec.chunk, chunks=rec.chunks, model=self.model_slug)
-        for name in ("title", "url", "source", "lang"):
-            if getattr(rec, name):
-                attrs[name] = getattr(rec, name)
-        if isinstance(rec.published_at, datetime):
-            attrs["published_at"] = int(rec.published_at.timestamp())
-        try:
-            return orjson.dumps(attrs)
-        except TypeError:  # an integer over 64 bits: the standard encoder takes it
-            return json.dumps(attrs, ensure_ascii=False).encode()
-
-
     def _call(self, url: str, fn, retry: bool = False):
         """Run `fn` once (a write: the sink stage retries it) or under the retry policy (setup).
         Transient trouble is SinkBackpressureError with the policy's next wait; credentials,
@@ -271,6 +288,9 @@ class RedisVectorSetSink:
 
     def durable_offsets(self) -> dict[TP, int]:
         return dict(self._durable)
+
+    def failure(self) -> BaseException | None:
+        return None  # no thread of its own: every write runs on the sink stage's
 
     def revoke(self, partitions: list[TP], flush: bool = True) -> dict[TP, int]:
         return {tp: self._durable.pop(tp) for tp in partitions if tp in self._durable}

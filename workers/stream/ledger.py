@@ -154,7 +154,8 @@ class OffsetLedger:
                         break
                     slots.popleft()
                     del part.by_offset[s.offset]
-                    part.release_index -= 1
+                    if part.release_index > 0:  # a rejection acknowledged before the sinks' pass skipped it
+                        part.release_index -= 1
                     part.next_commit, advanced = s.offset + 1, True
                 if advanced and part.next_commit is not None:
                     moved[tp] = part.next_commit
@@ -185,6 +186,12 @@ class OffsetLedger:
         with self._cond:
             return sum(1 for tp in tps if tp in self._parts for s in self._parts[tp].slots
                        if not s.released and s.kind != REJECT)
+
+    def pending_in(self, tp: TP) -> int:
+        """Records of this partition polled and not yet committable."""
+        with self._cond:
+            part = self._parts.get(tp)
+            return len(part.slots) if part is not None else 0
 
     def pending(self) -> int:
         """Records polled and not yet committable."""

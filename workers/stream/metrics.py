@@ -6,24 +6,8 @@ them at http://<node>:<metrics_port + i>/metrics. `snapshot()` gives the same nu
 `docs_per_s_1m` (documents written per second over the last minute) and `lag` (the last
 sampled lag summed over this replica's partitions).
 
-| name | type | labels | meaning |
-| --- | --- | --- | --- |
-| embedworker_records_consumed_total | counter | replica, topic | records polled from Kafka |
-| embedworker_documents_embedded_total | counter | replica | documents whose vectors are ready |
-| embedworker_records_rejected_total | counter | replica, reason | records sent to the dead-letter topic |
-| embedworker_documents_deleted_total | counter | replica | op=delete records |
-| embedworker_records_written_total | counter | replica, sink | records each sink took |
-| embedworker_batch_size | histogram | replica | texts (chunks) per forward batch |
-| embedworker_batch_padded_tokens | histogram | replica | padded tokens per forward batch |
-| embedworker_padding_ratio | gauge | replica | padded / real tokens - 1, since start |
-| embedworker_encode_seconds | histogram | replica | forward time per batch |
-| embedworker_sink_write_seconds | histogram | replica, sink | time per sink write or flush |
-| embedworker_end_to_end_latency_seconds | histogram | replica | Kafka record timestamp -> written to every sink |
-| embedworker_consumer_lag | gauge | replica, topic, partition | end offset - position |
-| embedworker_committed_offset | gauge | replica, topic, partition | last committed offset |
-| embedworker_in_flight_documents | gauge | replica | polled, not yet handed to the sinks |
-| embedworker_paused | gauge | replica | 1 while partitions are paused (backpressure) |
-| embedworker_gpu_memory_bytes | gauge | replica | CUDA memory allocated by the encoder |
+Every metric, with its type, labels and help text, is listed in docs/reference/metrics.md,
+generated from this registry by docs/generate.py.
 """
 
 from __future__ import annotations
@@ -32,6 +16,7 @@ import threading
 import time
 from collections import deque
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -47,40 +32,58 @@ class WorkerMetrics:
         r, reg = str(replica), self.registry
         self.replica = r
         self._consumed = Counter("embedworker_records_consumed", "Records polled from Kafka", ["replica", "topic"], registry=reg)
-        self._embedded = Counter("embedworker_documents_embedded", "Documents embedded", ["replica"], registry=reg).labels(r)
-        self._rejected = Counter("embedworker_records_rejected", "Records sent to the DLQ", ["replica", "reason"], registry=reg)
-        self._deleted = Counter("embedworker_documents_deleted", "Delete records", ["replica"], registry=reg).labels(r)
+        self._embedded = Counter("embedworker_documents_embedded", "Documents whose vectors are ready", ["replica"],
+                                 registry=reg).labels(r)
+        self._rejected = Counter("embedworker_records_rejected",
+                                 "Records sent to the dead-letter topic, by reason code", ["replica", "reason"],
+                                 registry=reg)
+        self._deleted = Counter("embedworker_documents_deleted", "Records with op delete", ["replica"],
+                                registry=reg).labels(r)
+        self._stale = Counter("embedworker_stale_writes_refused", "Redis element writes refused as older than what "
+                              "the element holds (a replica that lost the partition writing late)", ["replica"],
+                              registry=reg).labels(r)
         self._too_old = Counter("embedworker_documents_too_old", "Documents older than redis.retention on arrival "
                                 "(the lake has them, Redis not)", ["replica"], registry=reg).labels(r)
-        self._written = Counter("embedworker_records_written", "Records written per sink", ["replica", "sink"], registry=reg)
-        self._batch_size = Histogram("embedworker_batch_size", "Texts per batch", ["replica"], buckets=BATCH_BUCKETS,
-                                     registry=reg).labels(r)
-        self._batch_tokens = Histogram("embedworker_batch_padded_tokens", "Padded tokens per batch", ["replica"],
-                                       buckets=TOKEN_BUCKETS, registry=reg).labels(r)
-        self._padding = Gauge("embedworker_padding_ratio", "Padded/real tokens - 1", ["replica"], registry=reg).labels(r)
+        self._written = Counter("embedworker_records_written", "Records each sink (redis, parquet) took",
+                                ["replica", "sink"], registry=reg)
+        self._batch_size = Histogram("embedworker_batch_size", "Texts (chunks) per forward batch", ["replica"],
+                                     buckets=BATCH_BUCKETS, registry=reg).labels(r)
+        self._batch_tokens = Histogram("embedworker_batch_padded_tokens", "Padded tokens per forward batch",
+                                       ["replica"], buckets=TOKEN_BUCKETS, registry=reg).labels(r)
+        self._padding = Gauge("embedworker_padding_ratio", "Padded / real tokens - 1, since the replica started",
+                              ["replica"], registry=reg).labels(r)
         self._encode = Histogram("embedworker_encode_seconds", "Forward seconds per batch", ["replica"],
                                  buckets=LATENCY_BUCKETS, registry=reg).labels(r)
-        self._sink = Histogram("embedworker_sink_write_seconds", "Seconds per sink write", ["replica", "sink"],
+        self._sink = Histogram("embedworker_sink_write_seconds", "Seconds per sink write or flush", ["replica", "sink"],
                                buckets=LATENCY_BUCKETS, registry=reg)
-        self._latency = Histogram("embedworker_end_to_end_latency_seconds", "Kafka timestamp to written",
+        self._latency = Histogram("embedworker_end_to_end_latency_seconds",
+                                  "Seconds from the Kafka record timestamp to written in every sink",
                                   ["replica"], buckets=LATENCY_BUCKETS, registry=reg).labels(r)
-        self._lag = Gauge("embedworker_consumer_lag", "End offset minus position", ["replica", "topic", "partition"],
-                          registry=reg)
-        self._committed = Gauge("embedworker_committed_offset", "Committed offset", ["replica", "topic", "partition"],
-                                registry=reg)
-        self.in_flight = Gauge("embedworker_in_flight_documents", "Polled, not yet written", ["replica"], registry=reg).labels(r)
-        self.paused = Gauge("embedworker_paused", "1 while paused by backpressure", ["replica"], registry=reg).labels(r)
+        self._lag = Gauge("embedworker_consumer_lag", "End offset minus position per partition (sampled every 5 s)",
+                          ["replica", "topic", "partition"], registry=reg)
+        self._committed = Gauge("embedworker_committed_offset", "Last committed offset per partition",
+                                ["replica", "topic", "partition"], registry=reg)
+        self.in_flight = Gauge("embedworker_in_flight_documents", "Documents polled, not yet written", ["replica"],
+                               registry=reg).labels(r)
+        self.in_flight_limit = Gauge("embedworker_in_flight_limit", "Documents the replica may hold: "
+                                     "workers.max_in_flight_s of its measured encode rate, under the caps",
+                                     ["replica"], registry=reg).labels(r)
+        self.paused = Gauge("embedworker_paused", "1 while the replica's partitions are paused (backpressure)",
+                            ["replica"], registry=reg).labels(r)
         self._sink_errors = Counter("embedworker_sink_errors", "Sink write attempts that failed (then retried)",
                                     ["replica", "sink"], registry=reg)
-        self._source_errors = Counter("embedworker_source_errors", "Kafka poll errors (then backed off)",
+        self._source_errors = Counter("embedworker_source_errors",
+                                      "Kafka polls that failed, by error class (then backed off)",
                                       ["replica", "error"], registry=reg)
-        self.dlq_unacked = Gauge("embedworker_dlq_unacked", "Rejected records the DLQ has not acknowledged",
-                                 ["replica"], registry=reg).labels(r)
-        self.gpu_memory = Gauge("embedworker_gpu_memory_bytes", "CUDA memory allocated", ["replica"], registry=reg).labels(r)
+        self.dlq_unacked = Gauge("embedworker_dlq_unacked",
+                                 "Rejected records the dead-letter topic has not acknowledged (their partitions' "
+                                 "commits wait)", ["replica"], registry=reg).labels(r)
+        self.gpu_memory = Gauge("embedworker_gpu_memory_bytes", "CUDA memory allocated by the encoder", ["replica"],
+                                registry=reg).labels(r)
         self._real_tokens = 0
         self._padded_tokens = 0
         self.counts = {"consumed": 0, "embedded": 0, "rejected": 0, "deleted": 0, "written": 0, "batches": 0,
-                       "too_old": 0}
+                       "too_old": 0, "stale_refused": 0}
         # Seconds the encode and sink threads spent working: with `written`, the autoscaler's
         # processing rate of a replica that is not saturated (pipelines/stream/autoscaler.py).
         self.busy_s = {"encode": 0.0, "sink": 0.0}
@@ -88,10 +91,26 @@ class WorkerMetrics:
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, documents written)
         self._recent_lock = threading.Lock()  # the sink thread appends, stats() reads
         self._last_lag: dict[tuple[str, int], int] = {}
+        self._sink_children: dict[str, tuple] = {}
+        self._server: WSGIServer | None = None
+        self._server_thread: threading.Thread | None = None
 
     def serve(self, port: int) -> None:
-        """Expose /metrics over HTTP on `port` (called once in the actor)."""
-        start_http_server(port, registry=self.registry)
+        """Expose /metrics over HTTP on `port` (called when the replica is set up; `close()`
+        frees the port, so a replica set up again in the same process binds it again)."""
+        self._server, self._server_thread = start_http_server(port, registry=self.registry)
+
+    def failure(self) -> BaseException | None:
+        """The metrics server's thread ended (None while it serves, or when none was asked for)."""
+        if self._server_thread is not None and not self._server_thread.is_alive():
+            return RuntimeError("the metrics server stopped")
+        return None
+
+    def close(self) -> None:
+        server, self._server, self._server_thread = self._server, None, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
     def consumed(self, topic: str, n: int) -> None:
         self._consumed.labels(self.replica, topic).inc(n)
@@ -104,6 +123,10 @@ class WorkerMetrics:
     def deleted(self, n: int = 1) -> None:
         self._deleted.inc(n)
         self.counts["deleted"] += n
+
+    def stale_refused(self, n: int) -> None:
+        self._stale.inc(n)
+        self.counts["stale_refused"] += n
 
     def too_old(self, n: int) -> None:
         self._too_old.inc(n)
@@ -128,10 +151,16 @@ class WorkerMetrics:
         self.busy_s["encode"] += seconds
 
     def sink_write(self, sink: str, records: int, seconds: float) -> None:
-        self._sink.labels(self.replica, sink).observe(seconds)
+        """Called for every write and flush of every sink: the labelled children are looked up
+        once per sink (prometheus_client's labels() builds a key each call)."""
+        children = self._sink_children.get(sink)
+        if children is None:
+            children = self._sink_children[sink] = (self._sink.labels(self.replica, sink),
+                                                    self._written.labels(self.replica, sink))
+        children[0].observe(seconds)
         self.busy_s["sink"] += seconds
         if records:
-            self._written.labels(self.replica, sink).inc(records)
+            children[1].inc(records)
 
     def sink_error(self, sink: str) -> None:
         self._sink_errors.labels(self.replica, sink).inc()
@@ -165,13 +194,24 @@ class WorkerMetrics:
         for (topic, partition), value in lags.items():
             self._lag.labels(self.replica, topic, str(partition)).set(value)
 
+    def forget(self, partitions: list[tuple[str, int]]) -> None:
+        """Drop the per-partition gauges of partitions this replica no longer owns (their new
+        owner reports them; kept, dashboards would count a partition's lag twice)."""
+        for topic, partition in partitions:
+            self._last_lag.pop((topic, partition), None)
+            for gauge in (self._lag, self._committed):
+                try:
+                    gauge.remove(self.replica, topic, str(partition))
+                except KeyError:
+                    pass  # never reported here
+
     def committed(self, offsets: dict[tuple[str, int], int]) -> None:
         for (topic, partition), value in offsets.items():
             self._committed.labels(self.replica, topic, str(partition)).set(value)
 
     def snapshot(self) -> dict:
         out: dict[str, Any] = dict(self.counts)
-        out["padding_ratio"] = round(self._padded_tokens / max(1, self._real_tokens) - 1, 4)
+        out["padding_ratio"] = round(self._padded_tokens / self._real_tokens - 1, 4) if self._real_tokens else 0.0
         out["uptime_s"] = round(time.time() - self.started, 1)
         out["docs_per_s_1m"] = round(self.rate_1m(), 2)
         out["lag"] = sum(self._last_lag.values())
