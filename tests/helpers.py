@@ -8,10 +8,13 @@ import threading
 import time
 from pathlib import Path
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from pipelines.config import EmbedworkerSettings, load_settings
+from workers.kafka.offsets import all_committed as every_committed
+from workers.kafka.offsets import committed_offsets as kafka_committed
+from workers.kafka.offsets import topic_offsets
 
 
 def make_settings(kafka_bootstrap: str, redis_url: str, model_dir, tmp_path: Path, unique: str, **overrides) -> EmbedworkerSettings:
@@ -52,30 +55,28 @@ def doc(doc_id: str, text: str, **fields) -> tuple[bytes, bytes]:
     return doc_id.encode(), json.dumps({"id": doc_id, "text": text, **fields}, ensure_ascii=False).encode()
 
 
+_ADMINS: dict[str, KafkaAdminClient] = {}  # one admin client per broker list, reused by every poll
+
+
+def _admin(settings: EmbedworkerSettings) -> KafkaAdminClient:
+    servers = settings.kafka.bootstrap_servers
+    if servers not in _ADMINS:
+        _ADMINS[servers] = KafkaAdminClient(bootstrap_servers=servers.split(","))
+    return _ADMINS[servers]
+
+
 def end_offsets(settings: EmbedworkerSettings, topic: str | None = None) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers.split(","))
-    try:
-        name = topic or settings.kafka.topic
-        parts = consumer.partitions_for_topic(name) or set()
-        ends = consumer.end_offsets([TopicPartition(name, p) for p in parts])
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        consumer.close()
+    """The topic's end offsets (the project's helper: workers/kafka/offsets.py)."""
+    return topic_offsets(_admin(settings), topic or settings.kafka.topic)[1]
 
 
 def committed_offsets(settings: EmbedworkerSettings) -> dict[int, int]:
     """The group's committed offsets ({} while the broker cannot tell, e.g. just after a restart)."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers.split(","))
+        return kafka_committed(_admin(settings), settings.kafka.group_id, settings.kafka.topic)
     except KafkaError:
+        _ADMINS.pop(settings.kafka.bootstrap_servers, None)  # a broker restarted: connect afresh next time
         return {}
-    try:
-        group = admin.list_group_offsets(settings.kafka.group_id).get(settings.kafka.group_id, {})
-        return {tp.partition: meta.offset for tp, meta in group.items() if tp.topic == settings.kafka.topic}
-    except KafkaError:
-        return {}
-    finally:
-        admin.close()
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition", diagnose=None) -> None:
@@ -90,9 +91,12 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = 
 
 
 def all_committed(settings: EmbedworkerSettings) -> bool:
-    ends = end_offsets(settings)
-    committed = committed_offsets(settings)
-    return bool(ends) and all(committed.get(p, -1) == end for p, end in ends.items())
+    try:
+        ends = end_offsets(settings)
+    except KafkaError:
+        _ADMINS.pop(settings.kafka.bootstrap_servers, None)
+        return False
+    return every_committed(ends, committed_offsets(settings))
 
 
 def read_dlq(settings: EmbedworkerSettings, expected: int, timeout: float = 20.0) -> list:

@@ -203,7 +203,8 @@ def cmd_backfill(args) -> int:
                 progress.update(task, total=p["total"], completed=p["committed"], docs=p["committed"],
                                 rate=p["committed"] / max(1e-6, time.monotonic() - t0))
 
-            summary = replay_topic(settings, args.replay_topic, args.replay_group, on_progress, args.target)
+            summary = replay_topic(settings, args.replay_topic, args.replay_group, on_progress, args.target,
+                                   timeout_s=args.timeout)
         else:
             job = BackfillJob(settings, args.input, target=args.target, state_dir=args.state_dir, unit_mb=args.unit_mb,
                               source_index=args.source_index)
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "re-embed (default: the table's only one)")
     p.add_argument("--replay-topic", default=None, help="consume this topic up to its current end, then stop")
     p.add_argument("--replay-group", default=None, help="consumer group to resume a replay with (default: a new group per run, from the beginning)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --replay-topic: fail (exit 1, the alias unmoved) when the replay has not finished by then "
+                        "(default: no limit)")
     p.add_argument("--target", default=None, help="write to this new index and point the search alias at it at the end")
     p.add_argument("--state-dir", default=None, help="where done markers and rejects go (default <parquet.path>/_backfill)")
     p.add_argument("--unit-mb", type=float, default=8.0, help="JSONL bytes per work unit (default 8)")

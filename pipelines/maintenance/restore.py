@@ -3,7 +3,7 @@
 For a Redis that lost its data, or a new Redis (Cluster): the stored vectors and attributes of
 one index are added as the sink adds them (shards, key layout, quantization, EF and M from the
 config), each document as its newest record in the lake says (an upsert adds its chunks, a
-delete removes it), in batches with the sink's retry policy. Running it twice writes the same
+delete removes it), in batches with the sink's retry policy (`retry_backpressure`). Running it twice writes the same
 elements again (VADD replaces), so it is idempotent.
 """
 
@@ -21,9 +21,8 @@ import pyarrow.compute as pc
 from pipelines.config import EmbedworkerSettings
 from pipelines.maintenance.lake_admin import LakeError, lake_dataset
 from pipelines.maintenance.lake_scan import scan_newest
-from workers.errors import SinkBackpressureError
 from workers.settings import RedisSettings, model_slug
-from workers.sinks.base import SinkRecord
+from workers.sinks.base import SinkRecord, retry_backpressure
 from workers.sinks.redis_vset import RedisVectorSetSink
 
 COLUMNS = ["id", "chunk", "op", "model", "kafka_topic", "kafka_partition", "kafka_offset", "ingested_at",
@@ -57,7 +56,7 @@ def restore_index(settings: EmbedworkerSettings, index: str | None = None, targe
     try:
         for rows in scan.batches(COLUMNS):
             batch = [_record(r, chunks, chunked) for r in rows.to_pylist()]
-            _write(sink, batch)
+            retry_backpressure(lambda batch=batch: sink.write(batch))
             written += sum(1 for r in batch if r.op == "upsert")
             deleted += sum(1 for r in batch if r.op == "delete")
             done += len(batch)
@@ -89,13 +88,3 @@ def _record(r: dict, chunks: dict, chunked: bool) -> SinkRecord:
                       ingested_at=ingested.astimezone(UTC) if isinstance(ingested, datetime) else None)
 
 
-def _write(sink: RedisVectorSetSink, batch: list[SinkRecord]) -> None:
-    """One batch under the sink's backoff: Redis away for a while is waited out, not a failure."""
-    for attempt in range(60):
-        try:
-            sink.write(batch)
-            return
-        except SinkBackpressureError as exc:
-            if attempt == 59:
-                raise
-            time.sleep(exc.retry_after_s)

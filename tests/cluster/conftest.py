@@ -18,8 +18,9 @@ def cluster(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([*CLUSTER, *args], cwd=REPO, check=check, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def local_cluster():
+    """Up once for every test of this folder (each leaves it whole again), down after the last."""
     running = cluster("status", check=False).returncode == 0
     if not running:
         started = cluster("up", check=False)
@@ -27,11 +28,17 @@ def local_cluster():
             cluster("down", check=False)  # what did start must not hold ports for the other tests
         assert started.returncode == 0, f"cluster.sh up failed:\n{started.stderr[-3000:]}"
     yield
-    import ray
-
-    ray.shutdown()  # this process joined the cluster's Ray: the next modules start local ones
     if not running:
         cluster("down", check=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def leave_the_clusters_ray():
+    """A module whose tests joined the cluster's Ray leaves it: the other tests start a local one."""
+    yield
+    import ray
+
+    ray.shutdown()
 
 
 def master_of(client: RedisCluster, key: str) -> int:

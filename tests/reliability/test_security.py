@@ -16,7 +16,9 @@ from workers.sinks.vector_sets import VectorSetIndex
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 SASL_BOOTSTRAP = "localhost:9094"           # the SASL_PLAINTEXT listener of infra/local/kafka.sh
 SASL_USER, SASL_PASSWORD = "embedworker", "embedworker-local-dev"
-REDIS_COMMANDS = "+vadd +vrem +vgetattr +vcard +vdim +vsim +vismember +hset +hgetall +get +info +ping +hello +client"
+# what the sink needs (workers/sinks/redis_client.py SINK_COMMANDS), and what the test reads with
+REDIS_COMMANDS = ("+evalsha +script|load +vadd +vrem +vgetattr +vcard +vdim +vsim +vismember +hget +hset +hpexpire "
+                  "+hgetall +get +info +ping +hello +client")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from tests.simulation.sim_worker import SimWorker
 from tests.support.fake_encoder import SimClock
@@ -37,6 +38,7 @@ from workers.settings import (
     WorkersSettings,
 )
 
+NEXT_AT = attrgetter("next_at")
 SESSION_TIMEOUT_S = 10.0
 LATENCY_BOUND_S = 8.0     # a record produced with nothing failing is durable within this
 MAX_SIM_S = 400.0         # a schedule that has not converged by then fails
@@ -120,7 +122,7 @@ class Simulation:
             self.log(f"replica {index} could not start: {exc}")
             rep.dead_until = self.clock.now + 1.0
             return
-        rep.worker, rep.dead_until, rep.evict_at = worker, None, None
+        rep.worker, rep.dead_until, rep.evict_at, rep.frozen_until = worker, None, None, -1.0
         self.log(f"replica {index} started (restart {rep.restarts})")
         now = self.clock.now
         self.threads = [t for t in self.threads if t.replica != index]
@@ -191,8 +193,8 @@ class Simulation:
         events = events if events is not None else []
         while True:
             self.housekeeping()
-            thread = min(self.threads, key=self._turn, default=None)
-            at_thread = self._turn(thread)[0] if thread is not None else float("inf")
+            thread = min(self.threads, key=NEXT_AT, default=None)  # ties: the earlier in the list
+            at_thread = thread.next_at if thread is not None else float("inf")
             at_event = events[0][0] if events else float("inf")
             at_house = min(self._pending_times(), default=float("inf"))
             at = min(at_thread, at_event, at_house)
@@ -204,12 +206,6 @@ class Simulation:
                 events.pop(0)[1]()
             elif at == at_thread and thread is not None:
                 self.run_thread(thread)
-
-    def _turn(self, t: Thread | None) -> tuple[float, str, int]:
-        """When a thread runs next (not before its replica thaws), and a stable tie-break."""
-        if t is None:
-            return (float("inf"), "", 0)
-        return (max(t.next_at, self.replicas[t.replica].frozen_until), t.name, t.replica)
 
     def _pending_times(self) -> list[float]:
         now = self.clock.now
@@ -299,6 +295,9 @@ class Simulation:
 
             def freeze(rep: Replica) -> None:
                 rep.frozen_until = self.clock.now + length
+                for t in self.threads:  # its threads run again when it thaws, in their old order
+                    if t.replica == rep.index:
+                        t.next_at = max(t.next_at, rep.frozen_until)
                 if length > SESSION_TIMEOUT_S:
                     rep.evict_at = self.clock.now + SESSION_TIMEOUT_S
                 self.log(f"replica {rep.index} frozen for {length:.1f} s")
@@ -337,6 +336,10 @@ class Simulation:
             faults.transient = faults.permanent = faults.broken = False
             faults.slow_s = 0.0
         for rep in self.replicas.values():
+            if rep.frozen_until > self.clock.now:
+                for t in self.threads:
+                    if t.replica == rep.index:
+                        t.next_at = min(t.next_at, self.clock.now)
             rep.frozen_until = min(rep.frozen_until, self.clock.now)
             if rep.worker is not None:
                 rep.worker.encoder.slowdown = 1.0

@@ -69,3 +69,32 @@ def test_the_ledger_counts_in_flight_bytes_until_release_or_drop():
     assert ledger.unreleased_bytes() == 507
     ledger.drop([("t", 1)])
     assert ledger.unreleased_bytes() == 500
+
+
+def test_batch_jobs_wait_out_backpressure_with_the_sinks_delays_then_give_up():
+    """The one retry policy of a sink refusing data outside the stream (backfill units, restore)."""
+    import pytest
+
+    from workers.errors import SinkBackpressureError
+    from workers.sinks.base import retry_backpressure
+
+    clock, slept, calls = [0.0], [], []
+
+    def sleep(s):
+        slept.append(s)
+        clock[0] += s
+
+    def flaky():
+        calls.append(clock[0])
+        if len(calls) < 3:
+            raise SinkBackpressureError("down", retry_after_s=2.0)
+        return "written"
+
+    assert retry_backpressure(flaky, 60, sleep, lambda: clock[0]) == "written" and slept == [2.0, 2.0]
+
+    def down():
+        raise SinkBackpressureError("down", retry_after_s=7.0)
+
+    with pytest.raises(SinkBackpressureError):
+        retry_backpressure(down, 30, sleep, lambda: clock[0])
+    assert clock[0] <= 4.0 + 30

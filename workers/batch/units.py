@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 
 from workers.documents import Document, DocumentLimits, RecordOrigin, Rejection, parse_record
 from workers.encoding.encoder import Encoder
-from workers.errors import SinkBackpressureError
 from workers.settings import (
     BatchingSettings,
     DocumentSettings,
@@ -30,7 +29,7 @@ from workers.settings import (
     RedisSettings,
     model_slug,
 )
-from workers.sinks.base import sink_records
+from workers.sinks.base import retry_backpressure, sink_records
 from workers.sinks.lake import new_parquet_sink
 from workers.sinks.redis_vset import RedisVectorSetSink
 
@@ -193,18 +192,15 @@ class UnitEmbedder:
 
     def _write(self, unit: Unit, topic: str, records, first: int, last: int) -> None:
         """Redis, then the unit's Parquet file (named by its first and last record offsets);
-        retried while a sink reports backpressure."""
-        for attempt in range(30):
-            try:
-                if self.redis is not None:
-                    self.redis.write(records)
-                if self.parquet is not None and records:
-                    self.parquet.write_rows(records, topic, unit.file_index, first, last, self.day)
-                return
-            except SinkBackpressureError as exc:
-                if attempt == 29:
-                    raise
-                time.sleep(exc.retry_after_s)
+        retried while a sink reports backpressure (`retry_backpressure`)."""
+
+        def write() -> None:
+            if self.redis is not None:
+                self.redis.write(records)
+            if self.parquet is not None and records:
+                self.parquet.write_rows(records, topic, unit.file_index, first, last, self.day)
+
+        retry_backpressure(write)
 
     def _write_rejects(self, unit: Unit, rejects: list[Rejection]) -> None:
         if not rejects:

@@ -9,15 +9,20 @@ that will never work (bad credentials, wrong dimension) raises `SinkError`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from workers.documents import Document
+from workers.errors import SinkBackpressureError
 
 TP = tuple[str, int]
+T = TypeVar("T")
+GIVE_UP_AFTER_S = 300.0  # how long a batch job waits out a sink refusing data before it fails
 
 
 @dataclass(slots=True)
@@ -95,3 +100,20 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Flush what can be flushed and release connections; called once at shutdown."""
+
+
+def retry_backpressure(write: Callable[[], T], give_up_after_s: float = GIVE_UP_AFTER_S,
+                       sleep: Callable[[float], None] = time.sleep,
+                       now: Callable[[], float] = time.monotonic) -> T:
+    """The retry policy of a sink refusing data, for the jobs that may wait (a backfill unit,
+    restore): `write()` again after each SinkBackpressureError's `retry_after_s` (the sink's own
+    backoff), raising the last one once `give_up_after_s` have passed. The stream does not block:
+    its sink stage waits the same delays with the input paused (workers/stream/sink_stage.py)."""
+    deadline = now() + give_up_after_s
+    while True:
+        try:
+            return write()
+        except SinkBackpressureError as exc:
+            if now() + exc.retry_after_s > deadline:
+                raise
+            sleep(exc.retry_after_s)

@@ -89,6 +89,12 @@ def check_reachable(settings: RedisSettings) -> None:
                                 "redis.shard_urls and that the server runs")) from None
 
 
+# What the sink runs (its fenced writes are scripts, which run the commands in them as the user;
+# ZADD, ZREM and ZRANGE only with redis.retention).
+SINK_COMMANDS = ("EVALSHA, SCRIPT LOAD, VADD, VREM, VGETATTR, VCARD, VDIM, VSIM, HGET, HSET, HPEXPIRE, HGETALL "
+                 "(and ZADD, ZREM, ZRANGE with redis.retention)")
+
+
 def explain_redis_error(exc: Exception, url: str, settings: RedisSettings) -> SinkError | None:
     """A SinkError naming the problem for failures that retrying will not fix, else None."""
     who = f"user {settings.username!r}" if settings.username else "the default user"
@@ -96,9 +102,9 @@ def explain_redis_error(exc: Exception, url: str, settings: RedisSettings) -> Si
     if isinstance(exc, AuthenticationError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
         return SinkError(f"Redis at {where} rejected the credentials of {who} ({exc}); check redis.username and "
                          "redis.password / redis.password_file")
-    if isinstance(exc, NoPermissionError) or "NOPERM" in str(exc):
-        return SinkError(f"Redis at {where}: {who} lacks a permission the sink needs ({exc}); it needs VADD, VREM, "
-                         "VGETATTR, VCARD, VDIM, VSIM, HSET, HGETALL on keys under redis.key_prefix")
+    if isinstance(exc, NoPermissionError) or "NOPERM" in str(exc) or "ACL failure" in str(exc):  # the last: in a script
+        return SinkError(f"Redis at {where}: {who} lacks a permission the sink needs ({exc}); it needs {SINK_COMMANDS} "
+                         "on keys under redis.key_prefix")
     return None
 
 

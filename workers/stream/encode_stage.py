@@ -72,7 +72,7 @@ class EncodeStage(Stage):
 
     def in_flight_limit(self, seconds: float, start: int, cap: int) -> int:
         """How many documents the replica may hold: `seconds` of its measured rate, `start`
-        until a rate is measured, never more than `cap` nor fewer than one batch's worth of 8."""
+        until a rate is measured; never more than `cap`, never fewer than 8."""
         rate = self.meter.rate
         wanted = start if rate is None else int(rate * seconds)
         return max(8, min(cap, wanted))
@@ -103,15 +103,16 @@ class EncodeStage(Stage):
     def step(self) -> bool:
         """Take what was tokenized, launch the next ready batch (oldest first), finish the one
         launched before. True if it did anything."""
-        started = now = self.clock.monotonic()
-        took = self._take_inbox()
+        took = self._take_inbox()  # waits for tokenizing, if any is still running
+        started = self.clock.monotonic()
         if not self._ready:
             flush = self.draining.is_set() and self.inbox.empty()
-            self._ready = self.batcher.pop_ready(now, flush=flush)
+            self._ready = self.batcher.pop_ready(started, flush=flush)
         batch = self._ready.pop(0) if self._ready else None
         previous, self._launched = self._launched, None
         if batch is not None:
-            self._launched = (batch, self.encoder.launch([ref.ids for ref in batch.items], batch.padded_len), now)
+            handle = self.encoder.launch([ref.ids for ref in batch.items], batch.padded_len)
+            self._launched = (batch, handle, started)
         if previous is not None:
             self._finish(*previous)
         if self._launched is not None and not self._asynchronous:
