@@ -83,3 +83,12 @@ def ray_cluster():
         ray.init(num_cpus=4, include_dashboard=False, namespace="embedworker-tests", configure_logging=False)
     yield
     ray.shutdown()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The run ends by saying how many schedules the simulation checked (tests/simulation/),
+    from the reports, so that it is said with the tests spread over processes too."""
+    ran = sum(int(value) for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+              for name, value in getattr(report, "user_properties", []) if name == "schedules")
+    if ran:
+        terminalreporter.write_line(f"{ran} schedules")

@@ -90,14 +90,14 @@ def test_a_killed_replica_takes_its_partitions_back_within_5_s_of_its_restart(ra
 
 
 def test_autoscaling_a_backlog_goes_to_3_replicas_drains_then_back_to_1(ray_cluster, stream_settings, redis_client):
-    """Replicas paced at 50 docs/s each (as a loaded GPU): a 4,000-document backlog on 6
-    partitions, min 1 / max 3; the whole backlog, then idle."""
+    """Replicas paced at 50 docs/s each (as a loaded GPU): a 2,400-document backlog on 6
+    partitions (48 s of one replica), min 1 / max 3; the whole backlog, then idle."""
     from tests.support.workers import PacedWorker
 
     settings = stream_settings(workers={**FIXED, "max_in_flight": 512, "autoscale": {
         "enabled": True, "min_replicas": 1, "max_replicas": 3, "catch_up_s": 5, "scale_down_after_s": 8,
         "cooldown_s": 2, "interval_s": 1}}, batching={"max_wait_ms": 20})
-    stream = Stream(settings, 4000, n_bad=6, seed=22, partitions=6)
+    stream = Stream(settings, 2400, n_bad=6, seed=22, partitions=6)
     stream.send()  # the backlog, before the stream starts
     supervisor = StreamSupervisor(settings, worker_class=PacedWorker)
     supervisor.start()

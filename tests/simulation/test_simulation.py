@@ -9,7 +9,6 @@ from tests.simulation.sim import SimFailure, run_seed
 
 SEEDS = int(os.environ.get("EMBEDWORKER_SIM_SEEDS", "2000"))
 FIRST = int(os.environ.get("EMBEDWORKER_SIM_FIRST", "0"))
-RAN: list[int] = []  # read by conftest's summary line
 
 
 def run_seeds(seeds: range) -> list[str]:
@@ -22,11 +21,11 @@ def run_seeds(seeds: range) -> list[str]:
     return failures
 
 
-def test_every_seeded_schedule_keeps_the_invariants():
+def test_every_seeded_schedule_keeps_the_invariants(record_property):
     workers = max(1, min(2, os.cpu_count() or 1))
     step = -(-SEEDS // (workers * 8))
     chunks = [range(start, min(start + step, FIRST + SEEDS)) for start in range(FIRST, FIRST + SEEDS, step)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         failures = [f for found in pool.map(run_seeds, chunks) for f in found]
-    RAN.append(SEEDS)
+    record_property("schedules", SEEDS)  # the run's last line says how many (tests/conftest.py)
     assert not failures, f"{len(failures)} of {SEEDS} schedules broke an invariant:\n\n" + "\n\n".join(failures[:5])

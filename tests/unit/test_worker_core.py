@@ -170,7 +170,7 @@ def test_per_partition_gauges_of_a_revoked_partition_are_removed():
     env.run(w, 0.2)
     w.metrics.lag({TP0: 5, ("sim", 1): 7})
     w.metrics.committed({TP0: 3})
-    w._on_revoked([TP0], True)
+    w.partitions.revoked([TP0], True)
 
     def samples(name):
         return {s.labels.get("partition") for m in w.metrics.registry.collect() if m.name == name for s in m.samples}
@@ -195,13 +195,13 @@ def test_a_dead_letter_send_never_holds_the_lock_the_rebalance_needs():
             release.wait(10)
             super().publish(rej, on_acked)
 
-    w.dlq = SlowDeadLetters(env.kafka)
+    w.dlq = w.intake.dlq = SlowDeadLetters(env.kafka)
     w.poll_step()  # the assignment (records polled with it are fetched again)
     poller = threading.Thread(target=w.poll_step)
     poller.start()
     assert entered.wait(5)
     started = time.monotonic()
-    w._on_revoked([TP0], True)  # the listener, on Kafka's IO thread
+    w.partitions.revoked([TP0], True)  # the listener, on Kafka's IO thread
     assert time.monotonic() - started < 1.0
     release.set()
     poller.join(5)

@@ -14,10 +14,8 @@ Threads (the one place this is described):
   rejections, pause/resume, commit. It alone calls the consumer (kafka-python's is not
   thread-safe).
 - kafka-python's IO thread (`kafka-io-<client id>`) runs the rebalance listener
-  (`_on_assigned`, `_on_revoked`) while the polling thread waits inside `poll()`; heartbeats wait
-  for the listener, so it does bounded work: a revoke flushes the sinks, which takes the sink
-  stage's lock for at most one write attempt (Redis: `socket_timeout_s`; Parquet: up to 10 s) and
-  commits asynchronously. The ownership lock makes a rebalance happen wholly before or after the
+  (`PartitionOwnership.assigned`, `.revoked`, workers/stream/partitions.py) while the polling
+  thread waits inside `poll()`; its lock makes a rebalance happen wholly before or after the
   polling thread takes a poll's records.
 - the encode thread (EncodeStage) batches and runs the model; tokenizing runs in the encoder's
   thread pool or processes.
@@ -48,13 +46,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
 
 from workers import logs
-from workers.documents import DocumentLimits, RecordOrigin, Rejection, parse_record
+from workers.documents import DocumentLimits
 from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError, ReplicaError
 from workers.kafka.dead_letters import DeadLetterPublisher
@@ -69,12 +66,14 @@ from workers.settings import (
     WorkersSettings,
     model_slug,
 )
-from workers.sinks.base import Sink, sink_records
+from workers.sinks.base import Sink
 from workers.sinks.lake import new_parquet_sink
 from workers.sinks.redis_vset import RedisVectorSetSink
 from workers.stream.encode_stage import EncodeStage
-from workers.stream.ledger import DELETE, DOC, REJECT, OffsetLedger
+from workers.stream.intake import RecordIntake
+from workers.stream.ledger import OffsetLedger
 from workers.stream.metrics import WorkerMetrics
+from workers.stream.partitions import PartitionOwnership
 from workers.stream.sink_stage import SinkStage
 from workers.stream.threads import SYSTEM_CLOCK, Clock, check_threads, stop_all
 
@@ -99,6 +98,8 @@ class EmbeddingWorker:
     sink_stage: SinkStage
     source: KafkaSource
     dlq: DeadLetterPublisher
+    partitions: PartitionOwnership
+    intake: RecordIntake
 
     def __init__(self, kafka: KafkaSettings, model: ModelSettings, batching: BatchingSettings,
                  documents: DocumentSettings, redis: RedisSettings, parquet: ParquetSettings,
@@ -137,9 +138,6 @@ class EmbeddingWorker:
         m, w = self.model_settings, self.workers_settings
         self.metrics = WorkerMetrics(self.replica)
         self.ledger = OffsetLedger()
-        self._ownership = threading.Lock()  # rebalance callbacks vs. taking polled records
-        self._epochs: dict = {}             # per partition, bumped at every assignment change
-        self._commit_due: dict = {}         # positions reached but not yet committed
         self._last_commit = self._last_lag = self._last_resend = self.clock.monotonic()
         self._state = "loading model"
         self.encoder = self._load_encoder()
@@ -154,7 +152,11 @@ class EmbeddingWorker:
         self.dlq = self._open_dead_letters()
         self.dlq.setup()
         self.source = self._open_source()
-        self.source.setup(self._on_assigned, self._on_revoked)
+        self.partitions = PartitionOwnership(self.replica, self.ledger, self.sink_stage, self.metrics, self.source,
+                                             self.stop_offsets)
+        self.intake = RecordIntake(self.kafka_settings.topic, m, self.limits, self.partitions, self.ledger,
+                                   self.encode_stage, self.dlq, self.source, self.metrics, self.clock)
+        self.source.setup(self.partitions.assigned, self.partitions.revoked)
         if w.metrics_port is not None:
             self.metrics.serve(w.metrics_port + self.replica)
         self._node = ray_node_id()
@@ -210,16 +212,15 @@ class EmbeddingWorker:
         Returns whether records came."""
         self.check_threads()
         limit = self._apply_backpressure()
-        with self._ownership:
-            epochs = dict(self._epochs)
+        epochs = self.partitions.epochs()
         room = max(1, min(self.kafka_settings.max_poll_records, limit - self.ledger.unreleased()))
         records = self.source.poll(timeout_ms=self.poll_timeout_ms, max_records=room)
         if records:
-            self._accept(records, epochs)
+            self.intake.take(records, epochs)
         now = self.clock.monotonic()
         if now - self._last_commit >= self.kafka_settings.commit_interval_ms / 1000.0:
-            self._finish_bounded()
-            self._commit()
+            self.partitions.finish_bounded()
+            self.partitions.commit()
             self.metrics.in_flight.set(self.ledger.unreleased())
             self._last_commit = now
         if now - self._last_lag >= 5.0:
@@ -276,70 +277,6 @@ class EmbeddingWorker:
 
     # ---- the polling thread ---------------------------------------------------------------------
 
-    def _accept(self, records: list, epochs: dict) -> None:
-        """Validate and track one poll's records. Holds the ownership lock, so a rebalance
-        (on Kafka's IO thread) happens entirely before or after; records of a partition whose
-        assignment changed since the poll began are not taken, and the partition is rewound
-        to them if it is still ours."""
-        with self._ownership:
-            rejections = self._accept_owned(records, epochs)
-        # outside the lock: a send may wait for the DLQ's metadata, and the rebalance listener
-        # (heartbeats wait for it) needs the lock; a rejection of a partition revoked meanwhile
-        # is published anyway (harmless: its next owner publishes it again, the DLQ is at-least-once)
-        for rejection in rejections:
-            self.metrics.rejected(rejection.code)
-            self._publish_rejection(rejection)
-
-    def _accept_owned(self, records: list, epochs: dict) -> list[Rejection]:
-        docs = []
-        now = datetime.fromtimestamp(self.clock.time(), UTC)
-        rewind: dict = {}
-        taken = deleted = 0
-        entries: list = []
-        rejections: list[Rejection] = []
-        partition_state: dict = {}  # per partition of this poll: (still ours, replay end offset)
-        for rec in records:
-            tp = (rec.topic, rec.partition)
-            state = partition_state.get(tp)
-            if state is None:
-                ours = self._epochs.get(tp) == epochs.get(tp) and tp in self.sink_stage.owned
-                state = partition_state[tp] = (ours, self.stop_offsets.get(f"{rec.topic}:{rec.partition}"))
-            ours, end = state
-            if not ours:
-                if tp in self.sink_stage.owned:
-                    rewind[tp] = min(rewind.get(tp, rec.offset), rec.offset)
-                continue
-            if end is not None and rec.offset >= end:
-                self.source.finish(tp)  # bounded replay: this partition is done
-                continue
-            origin = RecordOrigin(rec.topic, rec.partition, rec.offset, rec.key, rec.timestamp,
-                                  tuple(rec.headers) if rec.headers else ())
-            taken += 1
-            result = parse_record(rec.value, origin, self.limits)
-            if isinstance(result, Rejection):
-                entries.append((tp, rec.offset, REJECT, None, 0))
-                rejections.append(result)
-            elif result.op == "delete":
-                entries.append((tp, rec.offset, DELETE, sink_records(result, None, self.model_settings.chunking.enabled, now),
-                                0))
-                deleted += 1
-            else:
-                entries.append((tp, rec.offset, DOC, None, len(rec.value)))
-                docs.append(result)
-        self.ledger.add_many(entries)  # before the DLQ writes: their acknowledgements find the slots
-        if deleted:
-            self.metrics.deleted(deleted)
-        self.metrics.consumed(self.kafka_settings.topic, taken)
-        for tp, offset in rewind.items():
-            self.source.seek(tp, offset)
-        if docs:
-            self.encode_stage.submit(docs, self.model_settings.text_template)
-        return rejections
-
-    def _publish_rejection(self, rej: Rejection) -> None:
-        o = rej.origin
-        self.dlq.publish(rej, lambda: self.ledger.ack_reject((o.topic, o.partition), o.offset))
-
     def _in_flight_limit(self) -> int:
         w = self.workers_settings
         return self.encode_stage.in_flight_limit(w.max_in_flight_s, min(START_IN_FLIGHT, w.max_in_flight),
@@ -362,65 +299,6 @@ class EmbeddingWorker:
         self.metrics.in_flight_limit.set(limit)
         return limit
 
-    def _finish_bounded(self) -> None:
-        """Bounded replays: a partition whose position reached its end offset with nothing left
-        in flight is done, and its end is committed even where no record sits just before it
-        (a transaction marker or a compacted gap at the tail), so the replay can finish."""
-        if not self.stop_offsets:
-            return
-        with self._ownership:
-            owned = [tp for tp in self.sink_stage.owned if f"{tp[0]}:{tp[1]}" in self.stop_offsets]
-        for tp in owned:
-            end = self.stop_offsets[f"{tp[0]}:{tp[1]}"]
-            position = self.source.position(tp)
-            if position is not None and position >= end and self.ledger.pending_in(tp) == 0:
-                self.source.finish(tp)
-                with self._ownership:
-                    if tp in self.sink_stage.owned and self._commit_due.get(tp, -1) < end:
-                        self._commit_due[tp] = end
-
-    def _commit(self) -> None:
-        """Commit every partition whose position moved; a commit refused (say, during a
-        rebalance) is tried again next time, for the partitions still ours."""
-        with self._ownership:
-            self._commit_due.update(self.ledger.committable())
-            offsets = {tp: off for tp, off in self._commit_due.items() if tp in self.sink_stage.owned}
-            self._commit_due = dict(offsets)
-        if offsets and self.source.commit(offsets):
-            self.metrics.committed(offsets)
-            with self._ownership:
-                for tp, off in offsets.items():
-                    if self._commit_due.get(tp) == off:
-                        del self._commit_due[tp]
-
-    def _on_assigned(self, partitions) -> None:
-        """Rebalance listener (IO thread), new partitions only (incremental rebalancing): they start afresh
-        from their committed offsets."""
-        log.info("replica %s assigned %s", self.replica, partitions)
-        with self._ownership:
-            for tp in partitions:
-                self._epochs[tp] = self._epochs.get(tp, 0) + 1
-                self._commit_due.pop(tp, None)
-            self.ledger.drop(partitions)
-            self.sink_stage.assign(partitions)
-
-    def _on_revoked(self, partitions, clean: bool) -> None:
-        """Rebalance listener (IO thread), partitions that move elsewhere: flush what the sinks hold for them,
-        commit what is durable (asynchronously), forget the rest; the next owner reads it
-        again. Lost partitions (clean=False) are forgotten without writing anything."""
-        log.info("replica %s %s %s", self.replica, "revoked" if clean else "lost", partitions)
-        self.metrics.forget(partitions)
-        with self._ownership:
-            for tp in partitions:
-                self._epochs[tp] = self._epochs.get(tp, 0) + 1
-            self.sink_stage.revoke(partitions, flush=clean)
-            self._commit_due.update(self.ledger.committable())
-            offsets = {tp: self._commit_due.pop(tp) for tp in partitions if tp in self._commit_due}
-            if clean and offsets:
-                self.source.commit_async(offsets)
-                self.metrics.committed(offsets)
-            self.ledger.drop(partitions)
-
     def _record_gpu_memory(self) -> None:
         if self.encoder.device.type == "cuda":
             self.metrics.gpu_memory.set(torch.cuda.memory_allocated(self.encoder.device))
@@ -440,7 +318,7 @@ class EmbeddingWorker:
                 break
         self.sink_stage.step(force_flush=True)
         self.dlq.flush(max(1.0, deadline - time.monotonic()))
-        self._commit()
+        self.partitions.commit()
         self.check_threads()
         stats = self.stats()
         self._state = "stopped"
@@ -472,7 +350,7 @@ class EmbeddingWorker:
             except Exception as exc:  # noqa: BLE001 - closing is best effort
                 log.warning("closing %s: %s", name, exc)
         # drop every reference to the model, so that a replica set up again here holds one
-        for name in ("encode_stage", "sink_stage", "source", "dlq", "encoder"):
+        for name in ("encode_stage", "sink_stage", "source", "dlq", "encoder", "partitions", "intake"):
             self.__dict__.pop(name, None)
         self._release_memory()
         if stuck is not None:
