@@ -30,7 +30,7 @@ from workers.settings import model_slug
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-KEY = "test-key-" + uuid.uuid4().hex[:8]
+KEY = "test-key-5c1d9e07"  # fixed: test ids carry it, and every process collecting them must agree
 REDIS_PORT = 16392
 DOCS = [  # (id, title, lang, published_at, source)
     ("ko-1", "한국은행 기준금리 동결 결정", "ko", 1_790_000_000, "연합뉴스"),
