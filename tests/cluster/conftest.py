@@ -33,11 +33,13 @@ def local_cluster():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def leave_the_clusters_ray():
-    """A module whose tests joined the cluster's Ray leaves it: the other tests start a local one."""
-    yield
+def the_clusters_ray_only():
+    """These tests join the cluster's Ray: a local one that earlier tests of this process started
+    is left first (joining is skipped while one is open), and the cluster's is left after."""
     import ray
 
+    ray.shutdown()
+    yield
     ray.shutdown()
 
 
