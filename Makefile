@@ -39,13 +39,10 @@ cluster-status:
 	bash infra/local/cluster.sh status
 
 # Starts the services that are not running yet, runs the whole suite, stops only what it started.
-# Two test files at a time (pytest-xdist, a file wholly in one process: its fixtures and order
-# stay as written): most of the suite waits on services, restarts and timeouts, not on the CPU.
 # pytest's exit 5 (a marker selection that collects nothing) counts as success.
-TEST_WORKERS ?= 2
 test: install
 	bash infra/local/browser.sh ensure
-	bash infra/local/services.sh run bash -c '$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc'
+	bash infra/local/services.sh run bash -c '$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc'
 
 # The tests that need no service and no network (no Kafka, Redis, Ray or downloads), the slow ones
 # left to make test: under a minute, the simulation of the core's 2,000 schedules included.

@@ -116,12 +116,13 @@ class Watch:
         return next((at for at, c, _, _ in self.samples if c.get(partition, 0) > offset), None)
 
 
-def backlog_run(model: str, texts: list[str], tmp: Path, steady_rate: float, steady_s: float) -> dict:
+def backlog_run(model: str, texts: list[str], tmp: Path, steady_rate: float, steady_s: float,
+                lake_roll_s: float = 1.0) -> dict:
     from pipelines.stream.supervisor import StreamSupervisor
 
     tag = uuid.uuid4().hex[:8]
     settings = settings_for(model, tmp, tag, model={"torch_threads": 1},
-                            parquet={"max_seconds": 1.0},
+                            parquet={"max_seconds": lake_roll_s},
                             kafka={"commit_interval_ms": 1000},
                             workers={"num_cpus": 1, "autoscale": {"enabled": True, "min_replicas": 1,
                                                                   "max_replicas": 3}},
@@ -144,11 +145,15 @@ def backlog_run(model: str, texts: list[str], tmp: Path, steady_rate: float, ste
         scaled = next((at for at, _, _, target in watch.samples if target > 1), None)
         advances = [at for (at, c, _, _), (_, prev, _, _) in zip(watch.samples[1:], watch.samples)
                     if sum(c.values()) > sum(prev.values())]
-        gaps = [(b - a, a) for a, b in zip([t0] + advances, advances)]
+        gaps = [(b - a, a) for a, b in zip(advances, advances[1:])]  # after the first commit (first_commit_s)
         # a replica added or removed rebalances the group: no member may commit until it ends
         changes = [at for (at, *_), n, m in zip(watch.samples[1:], watch.running[1:], watch.running) if n != m]
         steady_gaps = [g for g, at in gaps if not any(at - 1.0 <= r <= at + g + 1.0 for r in watch.rebalancing)]
         long_gaps = [(round(at - t0, 1), round(g, 1)) for g, at in gaps if g > 2.5]
+        # the scale-up: from the first replica added to the end of the rebalances that followed
+        scale_up = (changes[0], max((r for r in watch.rebalancing if r < changes[0] + 60), default=changes[0]) + 2.0) \
+            if changes else None
+        settled = [g for g, at in gaps if scale_up is None or at + g < scale_up[0] or at > scale_up[1]]
         steady = produce(settings, mix_docs("news", int(steady_rate * steady_s), seed=9), f"{tag}s", steady_rate)
         deadline = time.time() + 120
         latencies = []
@@ -169,11 +174,13 @@ def backlog_run(model: str, texts: list[str], tmp: Path, steady_rate: float, ste
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)
 
     batch_s = [round(s.get("encode_busy_s", 0) / max(1, s.get("batches", 1)), 2) for s in stats if "batches" in s]
-    return {"backlog_docs": len(texts), "first_vector_s": round(first_vector - t0, 2),
+    return {"backlog_docs": len(texts), "lake_roll_s": lake_roll_s, "first_vector_s": round(first_vector - t0, 2),
             "first_commit_s": round(first_commit - t0, 2), "longest_commit_gap_s": round(max(gaps)[0], 2),
             "longest_commit_gap_at_s": round(max(gaps)[1] - t0, 1), "replica_changes_at_s": [round(c - t0, 1) for c in changes],
             "longest_commit_gap_outside_rebalances_s": round(max(steady_gaps, default=0.0), 2),
             "gaps_over_2_5_s_at": long_gaps, "rebalancing_seen_at_s": sorted({round(r - t0) for r in watch.rebalancing}),
+            "scale_up_window_s": None if scale_up is None else [round(x - t0, 1) for x in scale_up],
+            "longest_commit_gap_outside_the_scale_up_s": round(max(settled, default=0.0), 2),
             "commit_advances": len(advances), "asked_for_more_replicas_s": None if scaled is None else round(scaled - t0, 1),
             "backlog_drained_s": round(drained - t0, 1), "steady_rate": steady_rate, "steady_docs": len(steady),
             "steady_committed": len(latencies), "produce_to_commit_p50_s": pct(0.5), "produce_to_commit_p99_s": pct(0.99),
@@ -224,6 +231,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=8.0, help="steady load after the backlog, documents per second")
     ap.add_argument("--steady-s", type=float, default=60.0)
     ap.add_argument("--kill-after-s", type=float, default=30.0)
+    ap.add_argument("--lake-roll-s", type=float, default=1.0, help="parquet.max_seconds (how often the lake rolls)")
     ap.add_argument("--only", choices=["backlog", "kill"])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -234,7 +242,7 @@ def main() -> None:
                  "model": "BERT 4 layers x 384, random weights, stand-in tokenizer, torch_threads 1"}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "backlog"):
-            out["backlog"] = backlog_run(model, texts, Path(tmp), args.rate, args.steady_s)
+            out["backlog"] = backlog_run(model, texts, Path(tmp), args.rate, args.steady_s, args.lake_roll_s)
             print(json.dumps(out["backlog"]), flush=True)
         if args.only in (None, "kill"):
             import ray
