@@ -10,6 +10,8 @@ each title names the machine and the date of the run it draws.
     capacity_sentences.png (f) real e5 embeddings: CPU per insert and recall by (quantization, M,
                    insert EF), and recall against query EF at the largest size, with each
                    quantization's ceiling (exact search over the quantized vectors)
+    serve.png      (g) the query service against Infinity in the same run: queries/s and CPU-ms
+                   per request by concurrent clients (and ours for /search)
 
 A chart whose results file is missing is skipped with a line saying which bench makes it.
 """
@@ -213,6 +215,29 @@ def _save(fig, path: Path) -> None:
     return None
 
 
+def serve_chart(out: Path) -> str | None:
+    run = load("serve.json")
+    if not run or "infinity" not in run or "embedworker" not in run:
+        return "bench/serve.py --out bench/results/serve.json"
+    series = [("Infinity /embeddings", run["infinity"]["/embeddings"], "#9e9e9e", "-"),
+              ("ours /v1/embeddings", run["embedworker"]["/v1/embeddings"], "#1f77b4", "-"),
+              ("ours /search", run["embedworker"]["/search"], "#1f77b4", "--")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for label, levels, color, style in series:
+        x = [r["clients"] for r in levels]
+        axes[0].plot(x, [r["qps"] for r in levels], style, color=color, marker="o", label=label)
+        axes[1].plot(x, [r["cpu_ms_per_request"] for r in levels], style, color=color, marker="o", label=label)
+    for ax, label in zip(axes, ("queries per second", "CPU-ms per request (machine minus client)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Query service vs Infinity 0.0.78, same run: {run['model']}, CPU, {run['cpus']} cores, "
+                 f"{run['date']}", fontsize=9)
+    return _save(fig, out / "serve.png")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "plots"))
@@ -220,7 +245,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     missing = [m for m in (encoder_chart(out), hostpath_chart(out), index_chart(out), latency_chart(out),
-                           capacity_chart(out), capacity_sentences_chart(out)) if m]
+                           capacity_chart(out), capacity_sentences_chart(out), serve_chart(out)) if m]
     for how in missing:
         print(f"skipped a chart: no results yet; make them with {how}", file=sys.stderr)
     return 0

@@ -37,8 +37,9 @@ def init_ray(settings: EmbedworkerSettings) -> None:
                   configure_logging=False)
     if settings.ray.address:
         kwargs["address"] = settings.ray.address
-    else:
+    else:  # "local": a Ray of its own, never a cluster someone `ray start`ed on this machine
         quiet_local_ray_auth()
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = settings.ray.num_cpus
     if not callable(signal.getsignal(signal.SIGTERM)):  # no handler of the caller's: Ray's (exit, clean up)
         ray.init(**kwargs)

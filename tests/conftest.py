@@ -81,7 +81,7 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, namespace="embedworker-tests", configure_logging=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="embedworker-tests", configure_logging=False)
     yield
 
 

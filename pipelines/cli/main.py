@@ -129,13 +129,17 @@ def cmd_serve(args) -> int:
     import threading
 
     from pipelines.config import resolve_model
-    from pipelines.serving.service import start_service, stop_service
+    from pipelines.serving.ingress import use_ingress
 
     settings, note = resolve_model(_settings(args))
     if note:
         log.warning(note)
     s = settings.serve
     host, port = args.host or s.host, args.port or s.port
+    if not settings.ray.address:
+        use_ingress(s.ingress)  # before Ray Serve is imported (it reads them once)
+    from pipelines.serving.service import start_service, stop_service
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # in force while Ray starts too (see init_ray)
         signal.signal(sig, lambda *_: stop.set())

