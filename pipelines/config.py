@@ -67,14 +67,14 @@ class ServeSettings(BaseModel):
     """Above `replicas`: Ray Serve autoscales between the two."""
     target_ongoing_requests: float = Field(8.0, gt=0)
     """Requests in flight per replica that autoscaling aims at."""
-    max_ongoing_requests: int = Field(64, ge=1)
+    max_ongoing_requests: int = Field(256, ge=1)
     """Requests in flight per replica at most; more wait in the proxy."""
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     """How requests reach the replicas (for the local Ray `serve` starts; on a cluster, its nodes' environment
     decides): `haproxy`, Ray Serve's HAProxy ingress, which passes each request straight to a replica's own HTTP
     port (30000–31000, every interface of its node); `proxy`, Serve's Python HTTP proxy (a third of the throughput
     at 32 clients on 2 cores)."""
-    max_batch_size: int = Field(32, ge=1)
+    max_batch_size: int = Field(64, ge=1)
     """Requests embedded together in one encoder call (all their inputs): with the model idle a request goes at
     once; the requests that arrive while a batch runs go together in the next."""
     batch_wait_ms: float = Field(0.0, ge=0)
