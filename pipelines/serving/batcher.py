@@ -5,15 +5,16 @@ One task per replica feeds the encoder. With the model idle, a request's batch s
 (a lone client pays no batching wait); while a batch runs, the requests that arrive queue, and the
 next batch takes all of them (up to `serve.max_batch_size` requests), so batches grow with the
 load instead of with a timer. `serve.batch_wait_ms` (0 by default) lets a batch smaller than that
-wait a little for company first. Each batch is one hop to a worker thread: the texts of all its
-requests tokenized together (one call per prefix), each request's lengths checked on its own (a
-text too long is that request's 400, not its neighbours'), then one encoder call. Nothing here
+wait a little for company first. Each batch is one hop to the model's own thread: the texts of all
+its requests tokenized together (one call per prefix), each request's lengths checked on its own
+(a text too long is that request's 400, not its neighbours'), then one encoder call. Nothing here
 touches HTTP, Ray or Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,14 @@ class QueryBatcher:
         self._queue: list[EmbedRequest] = []
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _model_thread(self) -> ThreadPoolExecutor:
+        """The model's own thread: a batch never waits behind the requests' Redis calls in the
+        event loop's default executor (32 searches in flight took all of its threads)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        return self._executor
 
     async def embed(self, texts: list[str], input_type: str, truncate: bool = False, single: bool = True) -> Embedded:
         """The vectors of one request's texts. Raises ApiError (a text over model.max_tokens
@@ -79,7 +88,7 @@ class QueryBatcher:
                 if not batch:
                     continue
                 try:
-                    answers = await asyncio.to_thread(self._run, batch)
+                    answers = await asyncio.get_running_loop().run_in_executor(self._model_thread(), self._run, batch)
                 except Exception as exc:  # noqa: BLE001 - the encoder's failure is each request's answer (a 500)
                     answers = [exc] * len(batch)
                 for request, answer in zip(batch, answers):

@@ -70,6 +70,7 @@ class Searcher:
         self._by_url: dict = {}
         self._resolved: dict[str | None, tuple[float, VectorSetIndex]] = {}
         self.index: VectorSetIndex | None = None
+        self._pool: ThreadPoolExecutor | None = None  # the shards' VSIMs in parallel (made when first needed)
 
     def connect(self) -> None:
         """Open a client per Redis URL (nothing is sent yet)."""
@@ -154,8 +155,9 @@ class Searcher:
         if len(keys) == 1:
             replies = [one(0)]
         else:
-            with ThreadPoolExecutor(min(16, len(keys))) as pool:
-                replies = list(pool.map(one, range(len(keys))))
+            if self._pool is None:  # one pool for every search (its threads start when first needed)
+                self._pool = ThreadPoolExecutor(16, thread_name_prefix="vsim")
+            replies = list(self._pool.map(one, range(len(keys))))
         best: dict[str, SearchHit] = {}
         for hits in replies:
             for hit in hits:
