@@ -74,7 +74,7 @@ def add_commands(sub, command, settings_of) -> None:
     v.add_argument("--dry-run", action="store_true", help="list, do not delete")
     k = command("checkpoint", lake_checkpoint, "write a checkpoint of the current version", parent=lake_sub)
     for q in (c, v, k):
-        q.add_argument("--json", action="store_true")
+        q.add_argument("--json", action="store_true", help="print the result as JSON")
 
     def dlq_show(args) -> int:
         from pipelines.ops.dlq import show
@@ -113,9 +113,9 @@ def add_commands(sub, command, settings_of) -> None:
     dlq = sub.add_parser("dlq", help="the dead-letter topic: counts and records, and re-driving them")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     d = command("show", dlq_show, "counts per reason and source partition, then the records", parent=dlq_sub)
-    d.add_argument("--reason", default=None, help="only the records of this reason code (e.g. text_too_large)")
+    d.add_argument("--reason", default=None, help="only the records of this reason code (e.g. too_large, invalid_json)")
     d.add_argument("--limit", type=int, default=20, help="records to print (default 20)")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help="print the records as JSON")
     r = command("redrive", dlq_redrive, "produce dead letters again to their source topic (each once)",
                 parent=dlq_sub)
     r.add_argument("--reason", default=None, help="only this reason code")
@@ -123,13 +123,13 @@ def add_commands(sub, command, settings_of) -> None:
                    help="only records dead-lettered since this RFC 3339 time (older ones of the reason are passed over)")
     r.add_argument("--to", default=None, help="produce to this topic instead of each record's source topic")
     r.add_argument("--dry-run", action="store_true", help="count, produce nothing, remember nothing")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = command("restore", restore, "rebuild an index's vector sets in Redis from the lake (no model needed)")
     p.add_argument("--index", default=None, help="the index to restore (default: the configured one)")
     p.add_argument("--target", default=None, help="write its vectors under this index name (default: the same)")
     p.add_argument("--alias", action="store_true", help="point the search alias at the restored index")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _timestamp(text: str) -> datetime:

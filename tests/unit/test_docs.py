@@ -65,3 +65,23 @@ def test_every_reason_code_is_documented():
 def test_readme_is_short():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
     assert lines <= 200, f"README.md has {lines} lines; the details belong in docs/"
+
+
+def test_every_cli_argument_says_what_it_does():
+    """The generated CLI reference shows each argument's help: one without any shows only its default."""
+    import argparse
+
+    from pipelines.cli.main import build_parser
+
+    silent = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not action.help and action.dest != "help":
+                silent.append(f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), [])
+    assert not silent, f"arguments without help: {silent}"
