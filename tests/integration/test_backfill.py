@@ -20,7 +20,16 @@ import yaml
 from pipelines.batch.backfill import BackfillJob
 from pipelines.batch.replay import replay_topic
 from pipelines.serving.search import Searcher
-from tests.helpers import committed_offsets, create_topic, doc, end_offsets, make_settings, produce, read_parquet
+from tests.helpers import (
+    committed_offsets,
+    create_topic,
+    doc,
+    end_offsets,
+    make_settings,
+    produce,
+    read_parquet,
+    wait_until,
+)
 from workers.encoding.encoder import Encoder
 from workers.sinks.vector_sets import VectorSetIndex
 
@@ -116,12 +125,13 @@ def test_killed_driver_then_rerun_gives_the_uninterrupted_result(
     state = tmp_path / "interrupted" / "state"
     proc = subprocess.Popen(_backfill_cli(configs["interrupted"], pattern, state, "killed"), env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(state.glob("*/units/*.json"))) < 3:
-        time.sleep(0.2)
-    done_at_kill = len(list(state.glob("*/units/*.json")))
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
+    try:
+        wait_until(lambda: len(list(state.glob("*/units/*.json"))) >= 3, 180, interval=0.2,
+                   message="three units done before the kill")
+    finally:
+        done_at_kill = len(list(state.glob("*/units/*.json")))
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
     assert done_at_kill >= 3, "the job was running when killed"
     total_units = len(BackfillJob(load(configs["interrupted"]), pattern, state_dir=str(state), unit_mb=0.02,
                                   target="killed").plan()[0])

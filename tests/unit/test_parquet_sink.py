@@ -3,7 +3,6 @@ written twice within an index, files of the layout before index folders still co
 model that wrote them, and the status report per index."""
 
 import shutil
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from pipelines.config import load_settings
 from pipelines.ops.status import parquet_status
+from tests.helpers import wait_until
 from workers.errors import SinkBackpressureError
 from workers.settings import ParquetSettings
 from workers.sinks.base import SinkRecord
@@ -80,10 +80,8 @@ def test_an_unwritable_folder_is_backpressure_until_it_is_writable(tmp_path):
         sink.flush(0.0, force=True, timeout=5)
     assert sink.durable_offsets() == {("news", 0): -1}, "nothing unwritten counts as durable"
     (tmp_path / "index=v1").unlink()
-    deadline = time.monotonic() + 15  # the writer retries by itself after retry_after_s
-    while sink.durable_offsets() != {("news", 0): 2}:
-        assert time.monotonic() < deadline, "the writer did not retry"
-        time.sleep(0.05)
+    wait_until(lambda: sink.durable_offsets() == {("news", 0): 2}, 15, interval=0.05,  # retried after retry_after_s
+               message="the writer to retry by itself")
     sink.flush(0.0, force=True)
     assert sink.rows_written == 3
     sink.close()

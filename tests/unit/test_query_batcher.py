@@ -53,6 +53,23 @@ def batcher(encoder, wait_ms=0.0):
     return QueryBatcher(encoder, max_batch_size=4, batch_wait_ms=wait_ms, metrics=ServeMetrics())
 
 
+async def model_busy(b: QueryBatcher, enc: FakeEncoder) -> asyncio.Future:
+    """A first request held inside the model call, so that the next ones queue behind it."""
+    enc.hold.clear()
+    first = asyncio.ensure_future(b.embed(["a"], "query"))
+    await asyncio.to_thread(enc.started.wait, 5)
+    return first
+
+
+async def queued(b: QueryBatcher, n: int) -> None:
+    """Until `n` requests wait in the batcher's queue (each `embed` call queues at its first step)."""
+    for _ in range(1000):
+        if len(b._queue) >= n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{len(b._queue)} requests queued, expected {n}")
+
+
 def test_a_lone_request_goes_to_the_model_at_once_and_gets_its_own_vectors():
     async def go():
         enc = FakeEncoder()
@@ -69,11 +86,9 @@ def test_requests_that_arrive_while_a_batch_runs_go_together_in_the_next():
     async def go():
         enc = FakeEncoder()
         b = batcher(enc)
-        enc.hold.clear()
-        first = asyncio.ensure_future(b.embed(["a"], "query"))
-        await asyncio.to_thread(enc.started.wait, 5)
+        first = await model_busy(b, enc)
         later = [asyncio.ensure_future(b.embed([f"w{i}"], "query")) for i in range(6)]
-        await asyncio.sleep(0.05)
+        await queued(b, 6)
         enc.hold.set()
         results = await asyncio.wait_for(asyncio.gather(first, *later), 5)
         assert enc.calls == [1, 4, 2]  # the six that waited: a full batch (max 4 requests), then the rest
@@ -86,13 +101,12 @@ def test_a_text_too_long_is_its_requests_400_and_its_neighbours_are_embedded():
     async def go():
         enc = FakeEncoder()
         b = batcher(enc)
-        enc.hold.clear()
-        first = asyncio.ensure_future(b.embed(["a"], "query"))
-        await asyncio.to_thread(enc.started.wait, 5)
+        first = await model_busy(b, enc)
         long_one = asyncio.ensure_future(b.embed(["one two three four"], "query"))
         in_list = asyncio.ensure_future(b.embed(["ok", "one two three four"], "query", single=False))
         cut = asyncio.ensure_future(b.embed(["one two three four"], "query", truncate=True))
         fine = asyncio.ensure_future(b.embed(["fine"], "passage"))
+        await queued(b, 4)
         enc.hold.set()
         await asyncio.wait_for(asyncio.gather(first, long_one, in_list, cut, fine, return_exceptions=True), 5)
         assert isinstance(long_one.exception(), ApiError) and long_one.exception().param == "input"
@@ -120,12 +134,10 @@ def test_a_request_its_client_gave_up_on_is_not_embedded():
     async def go():
         enc = FakeEncoder()
         b = batcher(enc)
-        enc.hold.clear()
-        first = asyncio.ensure_future(b.embed(["a"], "query"))
-        await asyncio.to_thread(enc.started.wait, 5)
+        first = await model_busy(b, enc)
         gone = asyncio.ensure_future(b.embed(["gone"], "query"))
         kept = asyncio.ensure_future(b.embed(["kept"], "query"))
-        await asyncio.sleep(0.01)
+        await queued(b, 2)
         gone.cancel()
         enc.hold.set()
         await asyncio.wait_for(asyncio.gather(first, kept), 5)
@@ -139,7 +151,7 @@ def test_batch_wait_ms_lets_a_small_batch_wait_for_company():
         enc = FakeEncoder()
         b = batcher(enc, wait_ms=200)
         first = asyncio.ensure_future(b.embed(["a"], "query"))
-        await asyncio.sleep(0.02)
+        await queued(b, 1)  # the feeder now waits batch_wait_ms for company
         second = asyncio.ensure_future(b.embed(["b"], "query"))
         await asyncio.wait_for(asyncio.gather(first, second), 5)
         assert enc.calls == [2]

@@ -4,6 +4,7 @@
 import threading
 import time
 
+from tests import helpers
 from workers.sinks.base import SinkRecord
 from workers.stream.ledger import DOC, OffsetLedger
 from workers.stream.metrics import WorkerMetrics
@@ -38,10 +39,7 @@ class HangingSink:
 
 
 def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+    helpers.wait_until(condition, timeout, interval=0.01)
 
 
 def test_a_hanging_write_blocks_the_input_within_stall_seconds():
