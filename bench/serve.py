@@ -68,15 +68,15 @@ def ensure_infinity() -> Path:
     marker = INFINITY_VENV / ".installed"
     if marker.is_file() and marker.read_text() == " ".join(INFINITY_PACKAGES):
         return INFINITY_VENV / "bin" / "infinity_emb"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(INFINITY_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "sentence-transformers==3.4.1", "--no-deps"],
-                   check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *INFINITY_PACKAGES], check=True)
+    base = getattr(sys, "_base_executable", sys.executable)  # the interpreter our own venv was made from
+    subprocess.run([base, "-m", "venv", str(INFINITY_VENV)], check=True)
     ours = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     theirs = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
                             capture_output=True, text=True, check=True).stdout.strip()
+    # first, so that pip sees the project's torch as installed and does not fetch its own
     Path(theirs, "zz_project_torch.pth").write_text(f"import sys; sys.path.append({ours!r})\n")
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *INFINITY_PACKAGES], check=True)
     marker.write_text(" ".join(INFINITY_PACKAGES))
     return INFINITY_VENV / "bin" / "infinity_emb"
 

@@ -100,34 +100,27 @@ class QueryBatcher:
                         request.answer.set_result(answer)
 
     def _run(self, batch: list[EmbedRequest]) -> list[Embedded | ApiError]:
-        """In a worker thread: every request's texts tokenized, checked and embedded in one call."""
+        """In the model's thread: every request's texts tokenized, checked and embedded in one call."""
         enc = self.encoder
-        ids_of: list[list[list[int]] | ApiError] = []
-        by_prefix: dict[str, list[int]] = {}
-        for i, request in enumerate(batch):
-            by_prefix.setdefault(enc.query_prefix if request.input_type == "query" else enc.document_prefix, []).append(i)
-        whole: dict[int, list[list[int]]] = {}
-        for prefix, members in by_prefix.items():
-            texts = [t for i in members for t in batch[i].texts]
-            ids = enc.tokenizer.tokenize_whole(texts, prefix)
-            start = 0
+        prefixes = [enc.query_prefix if r.input_type == "query" else enc.document_prefix for r in batch]
+        ids_of: list = [None] * len(batch)  # each request's token ids, then its ApiError if refused
+        for prefix in set(prefixes):
+            members = [i for i, p in enumerate(prefixes) if p == prefix]
+            ids = enc.tokenizer.tokenize_whole([t for i in members for t in batch[i].texts], prefix)
             for i in members:
-                whole[i] = ids[start:start + len(batch[i].texts)]
-                start += len(batch[i].texts)
+                ids_of[i], ids = ids[:len(batch[i].texts)], ids[len(batch[i].texts):]
         for i, request in enumerate(batch):
-            ids = whole[i]
+            ids = ids_of[i]
             try:
                 check_lengths([len(x) for x in ids], enc.max_tokens, request.single, request.truncate)
             except ApiError as refused:
-                ids_of.append(refused)
+                ids_of[i] = refused
                 continue
             long = [j for j, x in enumerate(ids) if len(x) > enc.max_tokens]
             if long:  # asked to truncate: cut as the worker cuts
-                prefix = enc.query_prefix if request.input_type == "query" else enc.document_prefix
-                for j, x in zip(long, enc.tokenizer.tokenize([request.texts[j] for j in long], prefix,
-                                                             chunked=False).ids):
+                cut = enc.tokenizer.tokenize([request.texts[j] for j in long], prefixes[i], chunked=False).ids
+                for j, x in zip(long, cut):
                     ids[j] = x
-            ids_of.append(ids)
         accepted = [ids for ids in ids_of if not isinstance(ids, ApiError)]
         self.metrics.batch_requests.observe(len(accepted))
         self.metrics.batch_inputs.observe(sum(len(ids) for ids in accepted))
