@@ -38,11 +38,11 @@ cluster-down:
 cluster-status:
 	bash infra/local/cluster.sh status
 
-# Starts the services that are not running yet, runs the whole suite, stops only what it started.
-# pytest's exit 5 (a marker selection that collects nothing) counts as success.
+# Starts the services that are not running yet, runs the whole suite (tests/suite.sh: the cluster
+# tests beside the rest), stops only what it started. PYTEST_ARGS runs that selection instead.
 test: install
 	bash infra/local/browser.sh ensure
-	bash infra/local/services.sh run bash -c '$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc'
+	PY=$(PY) bash infra/local/services.sh run bash tests/suite.sh $(PYTEST_ARGS)
 
 # The tests that need no service and no network (no Kafka, Redis, Ray or downloads), the slow ones
 # left to make test: under a minute, the simulation of the core's 2,000 schedules included.

@@ -238,6 +238,33 @@ def serve_chart(out: Path) -> str | None:
     return _save(fig, out / "serve.png")
 
 
+def hybrid_chart(out: Path) -> str | None:
+    run = load("eval_modes.json")
+    if not run or not run.get("modes"):
+        return "embedworker eval -c configs/local.yaml --json > bench/results/eval_modes.json"
+    rows = run["modes"]["rows"]
+    groups = list(dict.fromkeys(r["queries"] for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    colors = {"dense": "#1f77b4", "lexical": "#ff7f0e", "hybrid": "#2ca02c", "hybrid reranked": "#9467bd"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    width = 0.8 / len(modes)
+    for ax, metric in zip(axes, ("ndcg@10", "recall@10")):
+        for i, mode in enumerate(modes):
+            values = [next(r[metric] for r in rows if r["queries"] == g and r["mode"] == mode) for g in groups]
+            xs = [n + (i - (len(modes) - 1) / 2) * width for n in range(len(groups))]
+            bars = ax.bar(xs, values, width, label=mode, color=colors.get(mode))
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        counts = {r["queries"]: r["count"] for r in rows}
+        ax.set_xticks(range(len(groups)), [f"{g} ({counts[g]} queries)" for g in groups])
+        ax.set_ylabel(metric.replace("@", " @ "))
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Dense, lexical (BM25, Kiwi) and hybrid (RRF k={run['modes']['rrf_k']}): {run['model']}, "
+                 f"{run['documents']} documents, CPU, {run.get('date', '')}", fontsize=9)
+    return _save(fig, out / "hybrid.png")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "plots"))
@@ -245,7 +272,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     missing = [m for m in (encoder_chart(out), hostpath_chart(out), index_chart(out), latency_chart(out),
-                           capacity_chart(out), capacity_sentences_chart(out), serve_chart(out)) if m]
+                           capacity_chart(out), capacity_sentences_chart(out), serve_chart(out), hybrid_chart(out)) if m]
     for how in missing:
         print(f"skipped a chart: no results yet; make them with {how}", file=sys.stderr)
     return 0

@@ -108,6 +108,42 @@ class ServeSettings(BaseModel):
         return self
 
 
+class SearchSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    mode: Literal["auto", "dense", "lexical", "hybrid"] = "auto"
+    """How `search` and `/search` rank: `dense` (the vector set), `lexical` (BM25 over the lake's
+    text, Korean by morphemes), `hybrid` (both, fused by reciprocal rank); `auto` is hybrid where
+    a lexical index can be built (`search.lexical` and a Delta lake with text), else dense."""
+    lexical: bool = True
+    """Build and follow the lexical index from the lake (needs `parquet.format: delta` and
+    `parquet.include_text`)."""
+    rrf_k: int = Field(60, ge=1)
+    """Reciprocal-rank fusion's k: a hit at rank r adds weight / (k + r)."""
+    dense_weight: float = Field(1.0, ge=0)
+    """Weight of the vector ranking in the fusion."""
+    lexical_weight: float = Field(1.0, ge=0)
+    """Weight of the BM25 ranking in the fusion."""
+    candidates: int = Field(50, ge=1)
+    """Hits taken from each side before fusing (at least k)."""
+    refresh_s: float = Field(5.0, gt=0)
+    """How often the query service reads the lake's new versions into its lexical indexes."""
+    snapshot_every_s: float = Field(600.0, gt=0)
+    """How often at most a process that refreshed saves the lexical index beside the lake."""
+    reranker: str | None = None
+    """A cross-encoder (a local directory or a hub id, e.g. `dragonkue/bge-reranker-v2-m3-ko`) that
+    reorders the first `rerank_top` hits; none by default."""
+    rerank_top: int = Field(20, ge=1)
+    """How many of the best hits the reranker reads."""
+    rerank_max_chars: int = Field(1000, ge=1)
+    """Characters of each document (title and text) kept for the reranker, in memory and in the snapshot."""
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> SearchSettings:
+        if self.dense_weight == 0 and self.lexical_weight == 0:
+            raise ValueError("search.dense_weight and search.lexical_weight cannot both be 0")
+        return self
+
+
 class LoggingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     level: LogLevel = "INFO"
@@ -145,6 +181,8 @@ class EmbedworkerSettings(BaseSettings):
     """Which Ray the commands use: a local one or a cluster."""
     serve: ServeSettings = ServeSettings()
     """`embedworker serve`: the query service on Ray Serve."""
+    search: SearchSettings = SearchSettings()
+    """How searches rank: dense, lexical (BM25 from the lake) or hybrid, and the fusion."""
     logging: LoggingSettings = LoggingSettings()
     """Log level and format, and the driver's summary lines."""
 

@@ -9,6 +9,11 @@ import pytest
 # Ray reads its authentication mode once, when it loads: token (Ray's default for the local
 # clusters the tests start) also lets the cluster tests join infra/local/cluster.sh's Ray.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# The local Rays of the tests (and of the CLI processes they start) give their workers ports the
+# system picks, not Ray's default 10002-19999, which holds the fixed ports of the services the
+# tests start (infra/local/cluster.sh's Kafka 19092-19094 and Redis 17000-17005, a private Redis
+# on 16392) while tests/cluster runs beside the rest (tests/suite.sh).
+os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 
 KAFKA_BOOTSTRAP = os.environ.get("EMBEDWORKER_TEST_KAFKA", "localhost:9092")
 REDIS_URL = os.environ.get("EMBEDWORKER_TEST_REDIS", "redis://127.0.0.1:6379/0")

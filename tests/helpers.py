@@ -79,12 +79,14 @@ def committed_offsets(settings: EmbedworkerSettings) -> dict[int, int]:
         return {}
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition", diagnose=None) -> None:
-    """Poll `predicate` until true; on timeout fail with `message` and what `diagnose()` tells."""
+def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition", diagnose=None):
+    """Poll `predicate` until it returns something true, and return that; on timeout fail with
+    `message` and what `diagnose()` tells."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         time.sleep(interval)
     details = f"\n{diagnose()}" if diagnose else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {message}{details}")

@@ -37,7 +37,7 @@ from rich.console import Console  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from pipelines.cli.lake_commands import add_commands as add_lake_commands  # noqa: E402
-from pipelines.cli.tables import eval_table, print_status, search_table, summary_table  # noqa: E402
+from pipelines.cli.tables import eval_modes_table, eval_table, print_status, search_table, summary_table  # noqa: E402
 from pipelines.config import ConfigError, EmbedworkerSettings, load_settings  # noqa: E402
 from workers import logs  # noqa: E402
 from workers.errors import EmbedworkerError, IndexMismatchError, LakeFormatError, ModelNotFoundError  # noqa: E402
@@ -109,18 +109,26 @@ def cmd_produce(args) -> int:
 
 def cmd_search(args) -> int:
     from pipelines.config import resolve_model
+    from pipelines.lexical.follower import open_lexical
+    from pipelines.serving.hybrid import choose_mode, run_search
+    from pipelines.serving.reranker import reranker_from
     from pipelines.serving.search import Searcher
 
     settings, note = resolve_model(_settings(args))
     if note:
         err_console.print(f"[yellow]{note}[/yellow]")
+    mode = choose_mode(args.mode, settings)
     searcher = Searcher(settings)
     searcher.setup()
-    hits = searcher.search(args.query, k=args.k, filter=args.filter, ef=args.ef)
+    say = lambda message: err_console.print(f"[dim]{message}[/dim]")  # noqa: E731
+    lexical = open_lexical(settings, searcher.index.name, say) if mode != "dense" else None
+    vector = searcher.encoder.encode_queries([args.query])[0] if mode != "lexical" else None
+    hits = run_search(mode, args.query, vector, args.k, args.filter, args.ef, searcher, searcher.index, lexical,
+                      settings.search, reranker_from(settings))
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
         return 0
-    console.print(search_table(args.query, hits, searcher.index.base, args.filter, console.width))
+    console.print(search_table(args.query, hits, searcher.index.base, args.filter, console.width, mode))
     return 0
 
 
@@ -253,6 +261,8 @@ def cmd_eval(args) -> int:
         print(json.dumps(report, ensure_ascii=False, indent=1))
     else:
         console.print(eval_table(report, args.k))
+        if report.get("modes"):
+            console.print(eval_modes_table(report["modes"], args.k))
     return 0
 
 
@@ -312,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="documents to return (default 10)")
     p.add_argument("--filter", default=None, help="a vector-set FILTER expression, e.g. '.lang == \"ko\"'")
     p.add_argument("--ef", type=int, default=None, help="search exploration factor (default: redis.search_ef)")
-    p.add_argument("--json", action="store_true", help="print the hits as JSON instead of a table")
+    p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], default=None,
+                   help="rank by vectors, by words (BM25 over the lake's text) or both fused (default: search.mode)")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON (with how each was ranked) instead of a table")
     p = command("serve", cmd_serve, "serve query embeddings (OpenAI-compatible) and search over HTTP (Ray Serve)")
     p.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")

@@ -12,12 +12,13 @@ from rich.text import Text
 WIDE_COLUMNS = 120  # from this terminal width on, search results show the id and the URL too
 
 
-def search_table(query: str, hits, index: str, filter_expr: str | None = None, width: int = 80) -> Table:
+def search_table(query: str, hits, index: str, filter_expr: str | None = None, width: int = 80,
+                 mode: str = "dense") -> Table:
     """One row a hit: rank, score, title and date, each on one line (a long title is cut with an
     ellipsis); on a terminal of WIDE_COLUMNS or more also the id and the URL. Everything is in
     `search --json`."""
     wide = width >= WIDE_COLUMNS
-    title = f"{query!r} in {index}" + (f" where {filter_expr}" if filter_expr else "")
+    title = f"{query!r} in {index}" + (f" where {filter_expr}" if filter_expr else "") + f" ({mode})"
     table = Table(title=title, show_lines=False)
     # the widths are set here: rich's own shrinking squeezes the short columns to nothing first
     fixed = {"#": len(str(max(1, len(hits)))), "score": 6, "id": 24 if wide else 0, "published": 16 if wide else 10}
@@ -121,6 +122,20 @@ def status_view(report: dict) -> Group:
             label = name + (" (this config)" if name == p["index"] else "") if name != "-" else "- (before index folders)"
             table.add_row(label, str(e["files"]), str(e["rows"]), f"{e['bytes'] / 1e6:.1f}")
         parts.append(table)
+    lx = report.get("lexical")
+    if lx and "error" in lx:
+        parts.append(Text(f"lexical: {lx['error']}", style="red"))
+    elif lx and lx.get("lake_version") is not None:
+        snap = lx["snapshot"]
+        if snap is None:
+            parts.append(Text(f"lexical index of {lx['index']}: no snapshot beside the lake yet (a search or "
+                              "the query service builds one)"))
+        else:
+            behind = ("at the lake's newest version" if not lx["versions_behind"] else
+                      f"{lx['versions_behind']} version(s) behind the lake"
+                      + (f", the oldest it lacks committed {lx['behind_s']:.0f} s ago" if lx["behind_s"] else ""))
+            parts.append(Text(f"lexical index of {lx['index']}: snapshot at lake version {snap['version']} "
+                              f"({snap['documents']} documents), {behind}"))
     if "problems" in report:
         for problem in report["problems"]:
             parts.append(Text(f"unhealthy: {problem}", style="red"))
@@ -150,6 +165,19 @@ def eval_table(report: dict, k: int) -> Table:
         table.add_column(col, justify="right")
     for row in report["results"]:
         table.add_row(row["name"], *(("" if row.get(c) is None else str(row[c])) for c in columns))
+    return table
+
+
+def eval_modes_table(modes: dict, k: int) -> Table:
+    """Dense, lexical and hybrid side by side, over all queries and per query language."""
+    table = Table(title=f"dense, lexical (BM25 over the lake: {modes['lexical_documents']} documents, built in "
+                        f"{modes['lexical_build_s']} s) and hybrid (RRF k={modes['rrf_k']}, "
+                        f"{modes['candidates']} candidates a side)")
+    columns = [f"ndcg@{k}", f"recall@{k}", f"mrr@{k}", f"ndcg@{k} vs dense", "ms/query"]
+    for name in ("queries", "mode", *columns):
+        table.add_column(name, justify="left" if name in ("queries", "mode") else "right")
+    for row in modes["rows"]:
+        table.add_row(f"{row['queries']} ({row['count']})", row["mode"], *(str(row[c]) for c in columns))
     return table
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.errors import EmbedworkerError
@@ -27,13 +27,16 @@ class EvalSet:
     corpus: dict[str, dict]            # id -> {"title", "text", other fields}
     queries: dict[str, str]            # id -> text
     qrels: dict[str, dict[str, int]]   # query id -> {doc id: grade}
+    query_langs: dict[str, str] = field(default_factory=dict)  # query id -> its `lang`, where given
 
     @classmethod
     def load(cls, corpus: str | Path | None = None, queries: str | Path | None = None,
              qrels: str | Path | None = None) -> EvalSet:
         """Read the three files (the shipped set for any not given). Raises EvalDataError."""
         docs = {d["_id"]: d for d in _jsonl(Path(corpus or SHIPPED / "eval_corpus.jsonl"), ("_id", "text"))}
-        qs = {q["_id"]: q["text"] for q in _jsonl(Path(queries or SHIPPED / "eval_queries.jsonl"), ("_id", "text"))}
+        query_rows = _jsonl(Path(queries or SHIPPED / "eval_queries.jsonl"), ("_id", "text"))
+        qs = {q["_id"]: q["text"] for q in query_rows}
+        langs = {q["_id"]: q["lang"] for q in query_rows if isinstance(q.get("lang"), str)}
         judged = _qrels(Path(qrels or SHIPPED / "eval_qrels.tsv"))
         unknown = sorted({d for rel in judged.values() for d in rel if d not in docs})
         if unknown:
@@ -41,7 +44,8 @@ class EvalSet:
         judged = {q: rel for q, rel in judged.items() if q in qs and any(g > 0 for g in rel.values())}
         if not judged:
             raise EvalDataError("no query has a relevant document in the qrels")
-        return cls(docs, {q: t for q, t in qs.items() if q in judged}, judged)
+        return cls(docs, {q: t for q, t in qs.items() if q in judged}, judged,
+                   {q: lang for q, lang in langs.items() if q in judged})
 
     def as_documents(self) -> list[dict]:
         """The corpus as pipeline documents (id, title, text, lang when given)."""

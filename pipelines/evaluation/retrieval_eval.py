@@ -27,8 +27,11 @@ from kafka.errors import KafkaError
 from pipelines.batch.replay import replay_topic
 from pipelines.config import EmbedworkerSettings
 from pipelines.evaluation.eval_sets import EvalSet, retrieval_metrics
+from pipelines.lexical.index import LexicalIndex
 from pipelines.maintenance.lake_admin import LakeError, read_rows
 from pipelines.ops.produce import produce_file
+from pipelines.serving.hybrid import lexical_possible, run_search
+from pipelines.serving.reranker import reranker_from
 from pipelines.serving.search import Searcher
 from workers.encoding.encoder import Encoder
 from workers.kafka.clients import new_admin
@@ -103,9 +106,14 @@ class RetrievalEval:
             for row in rows[1:]:
                 for metric in (f"ndcg@{self.k}", f"recall@{self.k}", f"mrr@{self.k}"):
                     row[f"{metric} diff"] = round(row[metric] - rows[0][metric], 4)
-            return {"run_id": self.run_id, "model": m.name, "documents": len(self.data.corpus),
+            modes = None
+            if lexical_possible(self.settings):
+                on_step("searching by words (BM25 over the lake) and hybrid")
+                modes = self._search_modes(encoder, qids, qvecs)
+            return {"run_id": self.run_id, "date": time.strftime("%Y-%m-%d"), "model": m.name,
+                    "documents": len(self.data.corpus),
                     "queries": len(qids), "judgements": sum(len(v) for v in self.data.qrels.values()),
-                    "vectors": int(matrix.shape[0]), "pipeline": pipeline, "results": rows}
+                    "vectors": int(matrix.shape[0]), "pipeline": pipeline, "results": rows, "modes": modes}
         finally:
             if not self.keep:
                 self.cleanup()
@@ -185,6 +193,45 @@ class RetrievalEval:
         if build_s is not None:
             row["inserts/s"] = round(len(ids) / max(build_s, 1e-9), 1)
         return row
+
+    def _search_modes(self, encoder, qids: list[str], qvecs: np.ndarray) -> dict:
+        """Dense, lexical and hybrid rankings of every query over the configured index (the lexical
+        index built from the eval's own lake), scored overall and per query language."""
+        s = self.settings
+        lexical = LexicalIndex(s, s.redis.index_name(s.model.name))
+        t0 = time.perf_counter()
+        lexical.refresh()
+        build_s = time.perf_counter() - t0
+        searcher = Searcher(s, encoder=encoder)
+        searcher.setup()
+        reranker = reranker_from(s)
+        runs = [("dense", "dense", None), ("lexical", "lexical", None), ("hybrid", "hybrid", None)]
+        if reranker is not None:
+            runs.append(("hybrid reranked", "hybrid", reranker))
+        ranked: dict[str, dict[str, list[str]]] = {}
+        took: dict[str, float] = {}
+        for name, mode, rr in runs:
+            t0 = time.perf_counter()
+            ranked[name] = {qid: [h.id for h in run_search(mode, self.data.queries[qid], qvecs[n], self.k, None, None,
+                                                           searcher, searcher.index, lexical, s.search, rr)]
+                            for n, qid in enumerate(qids)}
+            took[name] = round((time.perf_counter() - t0) * 1000 / max(1, len(qids)), 1)
+        groups = {"all": set(qids)}
+        for qid, lang in self.data.query_langs.items():
+            groups.setdefault(lang, set()).add(qid)
+        rows = []
+        for group, members in groups.items():
+            qrels = {q: rel for q, rel in self.data.qrels.items() if q in members}
+            dense = None
+            for mode in ranked:
+                row = {"queries": group, "mode": mode, "count": len(qrels), **retrieval_metrics(ranked[mode], qrels, self.k),
+                       "ms/query": took[mode]}
+                dense = dense or row
+                row[f"ndcg@{self.k} vs dense"] = round(row[f"ndcg@{self.k}"] - dense[f"ndcg@{self.k}"], 4)
+                rows.append(row)
+        return {"lexical_build_s": round(build_s, 2), "lexical_documents": lexical.documents,
+                "reranker": s.search.reranker,
+                "rrf_k": s.search.rrf_k, "candidates": s.search.candidates, "rows": rows}
 
     # ---- cleanup --------------------------------------------------------------------------------
 

@@ -148,6 +148,36 @@ def parquet_status(settings: EmbedworkerSettings, topic: str | None = None, part
         return {"error": f"Parquet at {p.path}: {exc}"}
 
 
+def lexical_status(settings: EmbedworkerSettings) -> dict | None:
+    """The lexical index of the configured index as saved beside the lake: the lake version of its
+    newest snapshot, its documents, and how far the lake has moved past it (versions, and the age
+    of the oldest commit it lacks). None where no lexical index can exist. (A serving replica's
+    live index is fresher: its /healthz says how far behind it is.)"""
+    from pipelines.lexical.lake_feed import LakeDocumentFeed
+    from pipelines.lexical.snapshot import newest
+    from pipelines.serving.hybrid import lexical_possible
+
+    if not lexical_possible(settings):
+        return None
+    index = settings.redis.index_name(settings.model.name)
+    try:
+        feed = LakeDocumentFeed(settings, index)
+        lake_version = feed.latest_version()
+        if lake_version is None:
+            return {"index": index, "snapshot": None, "lake_version": None}
+        snap = newest(feed.filesystem(), index)
+        report = {"index": index, "snapshot": snap, "lake_version": lake_version, "versions_behind": None,
+                  "behind_s": None}
+        if snap is not None:
+            report["versions_behind"] = behind = lake_version - snap["version"]
+            if behind > 0:
+                lacked = feed.commit_time(snap["version"] + 1)
+                report["behind_s"] = round(time.time() - lacked, 1) if lacked is not None else None
+        return report
+    except Exception as exc:  # noqa: BLE001 - a status report shows the error instead of failing
+        return {"index": index, "error": f"lexical index of {index}: {exc}"}
+
+
 DLQ_STUCK_S = 30.0  # a rejection unacknowledged this long is a problem (one resend period)
 
 
@@ -200,7 +230,7 @@ def collect_status(settings: EmbedworkerSettings, window_s: float = 0.0, actors:
     kafka = kafka_status(settings, window_s)
     partitions = [p["partition"] for p in kafka.get("partitions", [])]
     report = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kafka": kafka, "redis": redis_status(settings),
-              "parquet": parquet_status(settings, settings.kafka.topic, partitions)}
+              "parquet": parquet_status(settings, settings.kafka.topic, partitions), "lexical": lexical_status(settings)}
     if actors:
         from pipelines.stream.replica_status import actor_status
 

@@ -17,7 +17,8 @@ import orjson
 from pipelines.config import ServeSettings
 
 INPUT_TYPES = {"query": "query", "passage": "passage", "document": "passage"}  # "document": TEI/Cohere's word
-SEARCH_FIELDS = ("query", "k", "filter", "ef", "index")
+SEARCH_FIELDS = ("query", "k", "filter", "ef", "index", "mode")
+SEARCH_MODES = ("dense", "lexical", "hybrid")
 
 
 class ApiError(Exception):
@@ -49,6 +50,7 @@ class SearchQuery:
     filter: str | None
     ef: int | None
     index: str | None
+    mode: str | None = None
 
 
 def parse_json(raw: bytes) -> dict:
@@ -146,8 +148,9 @@ def embedding_response(vectors: np.ndarray, model: str, as_base64: bool, tokens:
 
 
 def parse_search_request(body: dict, serve: ServeSettings) -> SearchQuery:
-    """`{query, k, filter, ef, index}`: k in 1..serve.max_k, ef in 1..10000, filter a string of
-    at most serve.max_filter_chars (Redis judges its syntax), index an index name or `current`."""
+    """`{query, k, filter, ef, index, mode}`: k in 1..serve.max_k, ef in 1..10000, filter a string
+    of at most serve.max_filter_chars (Redis judges its syntax), index an index name or `current`,
+    mode dense, lexical or hybrid (default: search.mode)."""
     unknown = sorted(set(body) - set(SEARCH_FIELDS))
     if unknown:
         raise ApiError(400, f"unknown field {unknown[0]!r}; a search takes {', '.join(SEARCH_FIELDS)}", unknown[0],
@@ -168,7 +171,10 @@ def parse_search_request(body: dict, serve: ServeSettings) -> SearchQuery:
     if index is not None and (not isinstance(index, str) or not index or ":" in index or len(index) > 200):
         raise ApiError(400, "index must be an index name (without the key prefix) or 'current'", "index",
                        "invalid_index")
-    return SearchQuery(query, k, flt or None, ef, index)
+    mode = body.get("mode")
+    if mode is not None and mode not in SEARCH_MODES:
+        raise ApiError(400, f"mode must be one of {', '.join(SEARCH_MODES)}; got {mode!r}", "mode", "invalid_mode")
+    return SearchQuery(query, k, flt or None, ef, index, mode)
 
 
 def _integer(body: dict, name: str, default: int | None, low: int, high: int) -> int | None:

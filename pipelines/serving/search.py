@@ -52,6 +52,7 @@ class SearchHit:
     lang: str | None = None
     published_at: int | None = None
     attrs: dict = field(default_factory=dict)
+    explain: dict | None = None  # how a search ranked it (pipelines/serving/hybrid.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,7 +201,11 @@ def _vsim_entries(reply) -> list[tuple]:
 
 def _hit(element, score, raw_attrs) -> SearchHit:
     name = element.decode() if isinstance(element, bytes) else element
-    attrs = orjson.loads(raw_attrs) if raw_attrs else {}
+    return hit_from_attributes(name, score, orjson.loads(raw_attrs) if raw_attrs else {})
+
+
+def hit_from_attributes(name: str, score, attrs: dict) -> SearchHit:
+    """A hit from an element's (or a lexical document's) attributes; `attrs` is consumed."""
     doc_id = attrs.pop("id", None) or name
     hit = SearchHit(id=doc_id, score=float(score), chunk=int(attrs.pop("chunk", 0) or 0))
     for name in ("title", "url", "source", "lang", "published_at"):

@@ -33,6 +33,7 @@ from ray import serve
 from ray.exceptions import RayError
 
 from pipelines.config import EmbedworkerSettings, ServeSettings
+from pipelines.lexical.follower import LexicalIndexes
 from pipelines.serving.batcher import QueryBatcher
 from pipelines.serving.http_contract import (
     ApiError,
@@ -43,7 +44,15 @@ from pipelines.serving.http_contract import (
     parse_json,
     parse_search_request,
 )
+from pipelines.serving.hybrid import (
+    LexicalNotReadyError,
+    NoLexicalIndexError,
+    choose_mode,
+    lexical_possible,
+    run_search,
+)
 from pipelines.serving.metrics import ServeMetrics, metrics_store
+from pipelines.serving.reranker import reranker_from
 from pipelines.serving.search import FilterError, RedisUnavailableError, Searcher, SearchError, UnknownIndexError
 from workers.encoding.encoder import Encoder
 from workers.errors import EmbedworkerError
@@ -76,6 +85,8 @@ class QueryService:
         self.encoder = Encoder.from_settings(s.model, s.batching)
         self.searcher = Searcher(s, encoder=self.encoder, retry_settings=s.redis.model_copy(update={"retries": 1}))
         self.searcher.connect()
+        self.lexical = LexicalIndexes(s) if lexical_possible(s) else None
+        self.reranker = reranker_from(s)
         self.api_key = read_secret(s.serve.api_key, s.serve.api_key_file, "serve.api_key_file")
         self.models = {s.model.name, model_slug(s.model.name), self.encoder.model_id}
         self.metrics = ServeMetrics()
@@ -131,20 +142,29 @@ class QueryService:
     async def _search(self, request: Request) -> dict:
         q = parse_search_request(parse_json(await request.body()), self.settings.serve)
         t0 = time.perf_counter()
-        vector = (await self.batcher.embed([q.query], "query", truncate=True)).vectors[0]
-        index, hits = await asyncio.to_thread(self._resolve_and_search, q, vector)
-        return {"query": q.query, "index": index.base, "took_ms": round((time.perf_counter() - t0) * 1000, 2),
-                "hits": [h.to_dict() for h in hits]}
+        mode = choose_mode(q.mode, self.settings)
+        vector = (await self.batcher.embed([q.query], "query", truncate=True)).vectors[0] if mode != "lexical" else None
+        index, mode, hits = await asyncio.to_thread(self._resolve_and_search, q, vector, mode)
+        return {"query": q.query, "index": index.base, "mode": mode,
+                "took_ms": round((time.perf_counter() - t0) * 1000, 2), "hits": [h.to_dict() for h in hits]}
 
-    def _resolve_and_search(self, q, vector):
-        """In a worker thread (one hop per search): the index the name or alias means now, then its hits."""
+    def _resolve_and_search(self, q, vector, mode: str):
+        """In a worker thread (one hop per search): the index the name or alias means now, then its
+        hits. Hybrid ranks by vectors alone ("dense") while the index's lexical side is first built."""
         index = self.searcher.resolve(q.index, INDEX_CACHE_S)
-        return index, self.searcher.search_vector(vector, q.k, q.filter, q.ef, index)
+        lexical = self.lexical.get(index.name) if self.lexical is not None and mode != "dense" else None
+        if mode == "lexical" and lexical is None:
+            raise LexicalNotReadyError(f"the lexical index of {index.base} is being built from the lake; "
+                                       "try again in a few seconds, or search in dense mode")
+        used = "dense" if lexical is None else mode
+        return index, used, run_search(used, q.query, vector, q.k, q.filter, q.ef, self.searcher, index, lexical,
+                                       self.settings.search, self.reranker)
 
     async def _health(self, request: Request) -> dict:
         await asyncio.to_thread(self.searcher.ping)
         return {"status": "ok", "model": self.encoder.model_id, "dim": self.encoder.dim,
-                "device": str(self.encoder.device), "redis": "ok"}
+                "device": str(self.encoder.device), "redis": "ok",
+                "lexical": self.lexical.lag() if self.lexical is not None else None}
 
     async def _models(self, request: Request) -> dict:
         return {"object": "list", "data": [{"id": model_slug(self.settings.model.name), "object": "model",
@@ -162,6 +182,10 @@ class QueryService:
             error = exc
         except FilterError as exc:
             error = ApiError(400, str(exc), "filter", "invalid_filter")
+        except NoLexicalIndexError as exc:
+            error = ApiError(400, str(exc), "mode", "no_lexical_index")
+        except LexicalNotReadyError as exc:
+            error = ApiError(503, str(exc), "mode", "lexical_not_ready")
         except UnknownIndexError as exc:
             error = ApiError(404, str(exc), "index", "index_not_found")
         except RedisUnavailableError as exc:

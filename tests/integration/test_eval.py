@@ -64,6 +64,16 @@ def test_eval_through_the_pipeline_matches_brute_force_and_q8_keeps_recall(
     assert rows["q8 M16 ef-build 100 ef default x4"]["recall@10 vs exact"] >= 0.98
     assert rows["bin M16 ef-build 100 ef default x1"]["recall@10 vs exact"] < configured["recall@10 vs exact"]
 
+    # Words, vectors and both, over the lexical index built from the eval's own lake. all-MiniLM
+    # reads English only: on the Korean queries the words carry the ranking.
+    modes = {(r["queries"], r["mode"]): r for r in report["modes"]["rows"]}
+    assert report["modes"]["lexical_documents"] == len(data.corpus)
+    assert set(modes) == {(q, m) for q in ("all", "ko", "en") for m in ("dense", "lexical", "hybrid")}
+    assert modes[("all", "dense")]["ndcg@10"] == configured["ndcg@10"], "dense mode is the configured index"
+    assert modes[("ko", "lexical")]["ndcg@10"] > modes[("ko", "dense")]["ndcg@10"] + 0.1
+    assert modes[("ko", "hybrid")]["ndcg@10 vs dense"] > 0.03
+    assert modes[("all", "lexical")]["recall@10"] > 0.2, "the queries are worded unlike their articles"
+
     # The eval removed what it made.
     assert not list(redis_client.scan_iter(match=f"{settings.redis.key_prefix}-eval-{report['run_id']}*"))
     assert not (tmp_path / "parquet" / "_eval" / report["run_id"]).exists()

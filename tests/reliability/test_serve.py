@@ -4,6 +4,7 @@ and Debian's chromium driving the search page. One service for the module; the l
 Redis under it, and kill it with -9 and start it again on the same port."""
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -117,22 +118,24 @@ def served(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("serve")
     unique = uuid.uuid4().hex[:10]
     run_dir = tmp / "redis-run"
-    service("redis.sh", "start", run_dir, REDIS_PORT=REDIS_PORT, REDIS_PERSIST=1)
     port = _free_port()
     settings = make_settings("localhost:9092", f"redis://127.0.0.1:{REDIS_PORT}/0", tiny_model_dir, tmp, unique,
                              model={"max_tokens": 64}, ray={"num_cpus": 2},
                              serve={"port": port, "max_inputs": 8, "batch_wait_ms": 20, "num_cpus": 0.5})
-    encoder = Encoder.from_settings(settings.model, settings.batching)
-    index_titles(settings, encoder, [{"id": d, "title": title, "url": f"https://news.example/{d}", "source": source,
-                                      "lang": lang, "published_at": at} for d, title, lang, at, source in DOCS])
     data = settings.model_dump(mode="json")
     data["serve"]["api_key"] = KEY
     config = tmp / "serve.yaml"
     config.write_text(yaml.safe_dump(data, allow_unicode=True))
-    svc = Service(config, port, tmp / "serve.log").start()
-    searcher = Searcher(settings, encoder=encoder)
-    searcher.setup()
-    try:
+    svc = Service(config, port, tmp / "serve.log")
+    service("redis.sh", "start", run_dir, REDIS_PORT=REDIS_PORT, REDIS_PERSIST=1)
+    try:  # from here on, whatever fails, the private Redis and the service go
+        encoder = Encoder.from_settings(settings.model, settings.batching)
+        index_titles(settings, encoder, [{"id": d, "title": title, "url": f"https://news.example/{d}",
+                                          "source": source, "lang": lang, "published_at": at}
+                                         for d, title, lang, at, source in DOCS], lake=True)
+        svc.start()
+        searcher = Searcher(settings, encoder=encoder)
+        searcher.setup()
         yield svc, settings, encoder, searcher, run_dir
         if svc.process.poll() is None:
             assert svc.stop() == 0, svc.log.read_text()[-3000:]
@@ -172,15 +175,43 @@ def test_search_answers_what_the_cli_prints(served):
                             searcher.search("exports", k=3, filter='.lang == "ko"')),
                            ({"query": "rents", "k": 7, "ef": 50, "index": model_slug(settings.model.name)},
                             searcher.search("rents", k=7, ef=50))]:
-        answer = svc.post("/search", body)
+        answer = svc.post("/search", {**body, "mode": "dense"})
         assert answer.status_code == 200, answer.text
         hits = answer.json()["hits"]
         assert [h["id"] for h in hits] == [h.id for h in expected]
         assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], abs=1e-4)
         assert hits[0].keys() == expected[0].to_dict().keys()
-    ko = svc.post("/search", {"query": "exports", "k": 10, "filter": '.lang == "ko"'}).json()["hits"]
+    ko = svc.post("/search", {"query": "exports", "k": 10, "filter": '.lang == "ko"', "mode": "dense"}).json()["hits"]
     assert {h["lang"] for h in ko} == {"ko"} and len(ko) == 4
     assert {h["title"] for h in ko} == {title for _, title, lang, *_ in DOCS if lang == "ko"}
+
+
+def test_words_and_vectors_fused_from_the_lake_as_the_cli_ranks_them(served, capsys):
+    """The replica builds its lexical index from the lake by itself (503 in words until then),
+    filters both sides with one expression, explains each hit, and ranks as `search --json` does."""
+    svc, settings, *_ = served
+
+    def lexical_ready():
+        answer = svc.post("/search", {"query": "기준금리 동결", "mode": "lexical"})
+        assert answer.status_code in (200, 503), answer.text
+        return answer.status_code == 200 and answer
+
+    words = wait_until(lexical_ready, timeout=60, interval=0.5, message="the lexical index to be built").json()
+    assert words["mode"] == "lexical" and [h["id"] for h in words["hits"]] == ["ko-1"]
+    assert words["hits"][0]["explain"]["lexical_rank"] == 1 and words["hits"][0]["source"] == "연합뉴스"
+    assert svc.post("/search", {"query": "기준금리", "mode": "lexical", "filter": '.lang == "en"'}).json()["hits"] == []
+    fused = svc.post("/search", {"query": "반도체 수출", "k": 5}).json()
+    assert fused["mode"] == "hybrid" and fused["hits"][0]["id"] == "ko-2"
+    explain = fused["hits"][0]["explain"]
+    assert explain["lexical_rank"] == 1 and explain["fused"] == fused["hits"][0]["score"]
+    health = requests.get(svc.url + "/healthz", timeout=5).json()
+    assert health["lexical"][model_slug(settings.model.name)]["documents"] == len(DOCS)
+
+    from pipelines.cli.main import main
+
+    assert main(["search", "-c", str(svc.config), "-k", "5", "--json", "반도체 수출"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(h["id"], h["score"]) for h in printed] == [(h["id"], h["score"]) for h in fused["hits"]]
 
 
 @pytest.mark.parametrize("path, body, key, status, param", [
@@ -206,6 +237,7 @@ def test_search_answers_what_the_cli_prints(served):
     ("/search", {"query": "x", "index": "no-such-index"}, KEY, 404, "index"),
     ("/search", {"query": "x", "index": "current"}, KEY, 404, "index"),           # no alias set
     ("/search", {"query": "x", "limit": 3}, KEY, 400, "limit"),
+    ("/search", {"query": "x", "mode": "fuzzy"}, KEY, 400, "mode"),
     ("/search", [1, 2], KEY, 400, "body"),
     ("/search", {"query": "x"}, None, 401, "Authorization"),
 ])

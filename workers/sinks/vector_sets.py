@@ -39,6 +39,7 @@ class VectorSetIndex:
         if layout not in LAYOUTS:
             raise IndexLayoutError(f"index {key_prefix}:{index} has the unknown key layout {layout!r} (this version "
                                    f"knows {', '.join(LAYOUTS)}): was it written by a newer embedworker?")
+        self.name = index  # as the lake's `index` column names it
         self.base = f"{key_prefix}:{index}"
         self.shards = shards
         self.layout = layout
