@@ -158,3 +158,20 @@ def test_with_a_reranker_the_index_keeps_each_documents_passage_and_its_snapshot
     assert again.load_snapshot() is not None and again.passages == ix.passages
     plain = lake.index()
     assert plain.load_snapshot() is not None and plain.passages == {}, "kept only where a reranker reads them"
+
+
+def test_a_snapshot_cut_short_by_a_kill_is_never_read(tmp_path):
+    """A process killed while saving leaves a folder without _SUCCESS: the next one ignores it
+    and starts from the last whole snapshot (or from the lake)."""
+    lake = Lake(tmp_path)
+    lake.write(("a", "기준금리 동결"))
+    ix = lake.index()
+    ix.refresh()
+    ix.save_snapshot()
+    lake.write(("b", "환율 1,400원 돌파"))
+    ix.refresh()
+    where = ix.save_snapshot()
+    (tmp_path / where / "_SUCCESS").unlink()  # as if killed before the last write
+    again = lake.index()
+    assert again.load_snapshot() == 1 and again.documents == 1
+    assert again.refresh() and again.documents == 2
