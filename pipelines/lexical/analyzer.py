@@ -27,23 +27,19 @@ STOP = frozenset({"a", "an", "the", "of", "in", "on", "at", "to", "for", "and", 
 
 class KoreanEnglishAnalyzer:
     """Turns a text into terms. Cheap to construct and to pickle: Kiwi's model (~1 s, ~100 MB)
-    loads on the first `terms()` call, once per process. Thread-safe (one Kiwi per thread)."""
+    loads on the first `terms()` call that meets Korean, once per analyzer. Thread-safe: one Kiwi,
+    called under a lock (a query's analysis takes ~0.1 ms; a long build lets queries in between
+    its documents)."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._model = None
 
     def __getstate__(self) -> dict:
         return {}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
-
-    def _kiwi(self):
-        kiwi = getattr(self._local, "kiwi", None)
-        if kiwi is None:
-            from kiwipiepy import Kiwi  # imported here: the model is large and only this needs it
-            kiwi = self._local.kiwi = Kiwi(num_workers=-1)
-        return kiwi
 
     def terms(self, text: str) -> list[str]:
         """The terms of `text`, in order, repeated as often as they occur (BM25 counts them)."""
@@ -60,7 +56,12 @@ class KoreanEnglishAnalyzer:
         return [sys.intern(t) for t in out]  # one string per distinct term: an index holds millions
 
     def _korean(self, text: str) -> list[str]:
-        tokens = self._kiwi().tokenize(text)
+        with self._lock:
+            if self._model is None:
+                from kiwipiepy import Kiwi  # imported here: the model is large and only this needs it
+
+                self._model = Kiwi(num_workers=-1)
+            tokens = self._model.tokenize(text)
         out = []
         for i, tok in enumerate(tokens):
             if tok.tag in KEEP_TAGS and HANGUL_OR_HANJA.search(tok.form):

@@ -15,6 +15,7 @@ import threading
 import time
 
 from pipelines.config import EmbedworkerSettings
+from pipelines.lexical.analyzer import KoreanEnglishAnalyzer
 from pipelines.lexical.index import LexicalIndex
 from pipelines.maintenance.lake_admin import LakeError
 
@@ -44,13 +45,14 @@ class LexicalIndexes:
         self._checked: dict[str, float] = {}  # index -> when it was last seen at the lake's newest version
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.analyzer = KoreanEnglishAnalyzer()  # one Kiwi model for every index of the replica
 
     def get(self, index: str) -> LexicalIndex | None:
         """The index if it has been built once, else None (and it starts being followed)."""
         with self._lock:
             lexical = self._indexes.get(index)
             if lexical is None:
-                lexical = self._indexes[index] = LexicalIndex(self.settings, index)
+                lexical = self._indexes[index] = LexicalIndex(self.settings, index, self.analyzer)
                 threading.Thread(target=self._follow, args=(lexical,), name=f"lexical-{index}", daemon=True).start()
         return lexical if lexical.version is not None else None
 

@@ -191,7 +191,11 @@ def test_redis_hangs_the_input_pauses_within_seconds(stream_settings, private_re
     """redis-server stopped with SIGSTOP: replies never come, no error is raised for a while;
     the sink write counts as stalled after workers.sink_stall_s and the input pauses at once."""
     port, run_dir = private_redis
-    settings = stream_settings(redis={"url": f"redis://127.0.0.1:{port}/0"}, workers={"sink_stall_s": 1.0})
+    # The in-flight bound made larger than the stream (60 s of the encode rate): the pause can
+    # only come from the stalled write. (With the default 2 s, a machine slowed by other work
+    # measures a low rate and the bound, legitimately, pauses the input first.)
+    settings = stream_settings(redis={"url": f"redis://127.0.0.1:{port}/0"},
+                               workers={"sink_stall_s": 1.0, "max_in_flight_s": 60.0})
     client = redis.Redis(port=port)
     pid = int((run_dir / f"redis-{port}" / "redis.pid").read_text().strip())
     stream = Stream(settings, 2000, seed=5)
