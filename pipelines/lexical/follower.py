@@ -39,8 +39,10 @@ class LexicalIndexes:
     """The lexical indexes a query-service replica searches. Cheap to construct; threads start
     on the first `get` of an index; `close()` stops them."""
 
-    def __init__(self, settings: EmbedworkerSettings):
+    def __init__(self, settings: EmbedworkerSettings, on_refresh=lambda index, ok: None):
+        """`on_refresh(index, ok)` hears each read of the lake (the service counts them)."""
         self.settings = settings
+        self.on_refresh = on_refresh
         self._indexes: dict[str, LexicalIndex] = {}
         self._checked: dict[str, float] = {}  # index -> when it was last seen at the lake's newest version
         self._lock = threading.Lock()
@@ -77,6 +79,7 @@ class LexicalIndexes:
             try:
                 lexical.refresh()
                 self._checked[lexical.index] = time.monotonic()
+                self.on_refresh(lexical.index, True)
                 if lexical.save_due():
                     lexical.save_snapshot()
                 if failing:
@@ -89,4 +92,5 @@ class LexicalIndexes:
                                 "until the lake answers", lexical.index, type(exc).__name__, exc, lexical.version,
                                 exc_info=not isinstance(exc, (LakeError, OSError)))
                 failing = True
+                self.on_refresh(lexical.index, False)
             self._stop.wait(self.settings.search.refresh_s)

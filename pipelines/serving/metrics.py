@@ -42,6 +42,9 @@ class ServeMetrics:
                                       buckets=BATCH_BUCKETS, registry=r)
         self.inputs = Counter("embedworker_serve_inputs", "texts embedded, by input type", ["input_type"], registry=r)
         self.tokens = Counter("embedworker_serve_tokens", "tokens embedded (the usage reported to clients)", registry=r)
+        self.lexical_refreshes = Counter("embedworker_serve_lexical_refreshes", "reads of the lake by the replicas' "
+                                         "lexical indexes, by index and result (ok, failed: the lake did not answer)",
+                                         ["index", "result"], registry=r)
         self._last_push = 0.0
 
     def answered(self, route: str, code: int, seconds: float, error: str | None = None) -> None:

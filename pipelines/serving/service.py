@@ -85,13 +85,13 @@ class QueryService:
         self.encoder = Encoder.from_settings(s.model, s.batching)
         self.searcher = Searcher(s, encoder=self.encoder, retry_settings=s.redis.model_copy(update={"retries": 1}))
         self.searcher.connect()
-        self.lexical = LexicalIndexes(s) if lexical_possible(s) else None
         self.reranker = reranker_from(s)
         self.api_key = read_secret(s.serve.api_key, s.serve.api_key_file, "serve.api_key_file")
         self.models = {s.model.name, model_slug(s.model.name), self.encoder.model_id}
         self.metrics = ServeMetrics()
         self.store = metrics_store(APP_NAME)
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.lexical = LexicalIndexes(s, self._lexical_refreshed) if lexical_possible(s) else None
         self.batcher = QueryBatcher(self.encoder, s.serve.max_batch_size, s.serve.batch_wait_ms, self.metrics)
         self.page = resources.files("pipelines.serving").joinpath("static/search.html").read_bytes()
 
@@ -159,6 +159,9 @@ class QueryService:
         used = "dense" if lexical is None else mode
         return index, used, run_search(used, q.query, vector, q.k, q.filter, q.ef, self.searcher, index, lexical,
                                        self.settings.search, self.reranker)
+
+    def _lexical_refreshed(self, index: str, ok: bool) -> None:
+        self.metrics.lexical_refreshes.labels(index, "ok" if ok else "failed").inc()
 
     async def _health(self, request: Request) -> dict:
         await asyncio.to_thread(self.searcher.ping)

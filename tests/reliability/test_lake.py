@@ -1,7 +1,8 @@
 """The lake on object storage, for real: two replicas stream into one Delta table on the local
 S3-compatible server (infra/local/s3.sh) while one is killed -9; every record lands once, status
 reads the log, compaction and vacuum run there; a backfill reads JSONL from s3:// and writes the
-table there, twice without doubling; files a killed writer left uncommitted are never read and
+table there, twice without doubling; the lexical index reads that table and keeps its snapshot
+there; files a killed writer left uncommitted are never read and
 vacuum removes them."""
 
 import json
@@ -17,7 +18,9 @@ import ray
 from deltalake import DeltaTable
 
 from pipelines.batch.backfill import BackfillJob
+from pipelines.lexical.index import LexicalIndex
 from pipelines.maintenance import lake_admin as lake
+from pipelines.ops.status import lexical_status
 from pipelines.stream.supervisor import StreamSupervisor
 from tests.helpers import committed_offsets, read_parquet, wait_until
 from tests.reliability.conftest import Stream, supervising, wait_all_committed
@@ -51,6 +54,19 @@ def test_two_replicas_on_s3_with_a_kill_write_every_record_once(ray_cluster, str
     after = read_parquet(settings)
     assert after.num_rows == len(stream.valid) and lake.lake_status(settings)["files"] == result["files_added"]
     assert lake.vacuum(settings, retention_hours=1)["files"] == 0, "replaced files are kept for the retention"
+
+    # The lexical index from the same table on S3 (after the compaction: the same rows in new files),
+    # its snapshot saved there and read back by a new process's index; status reads it too.
+    lexical = LexicalIndex(settings, "tiny-bert")
+    assert lexical.refresh() and lexical.documents == len(stream.valid)
+    some_id, some_text = next(iter(stream.valid.items()))
+    assert some_id in [h.id for h in lexical.search(some_text, 50)]
+    assert lexical.save_snapshot().startswith("_lexical/tiny-bert/")
+    fresh = LexicalIndex(settings, "tiny-bert")
+    assert fresh.load_snapshot() == lexical.version and fresh.documents == len(stream.valid)
+    assert not fresh.refresh(), "nothing new in the lake since the snapshot"
+    report = lexical_status(settings)
+    assert report["snapshot"]["version"] == report["lake_version"] and report["versions_behind"] == 0
 
 
 def test_a_backfill_reads_jsonl_from_s3_and_writes_the_table_there(ray_cluster, stream_settings, s3_lake):

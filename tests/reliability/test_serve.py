@@ -206,6 +206,8 @@ def test_words_and_vectors_fused_from_the_lake_as_the_cli_ranks_them(served, cap
     assert explain["lexical_rank"] == 1 and explain["fused"] == fused["hits"][0]["score"]
     health = requests.get(svc.url + "/healthz", timeout=5).json()
     assert health["lexical"][model_slug(settings.model.name)]["documents"] == len(DOCS)
+    metrics = requests.get(svc.url + "/metrics", timeout=10).text
+    assert f'embedworker_serve_lexical_refreshes_total{{index="{model_slug(settings.model.name)}",result="ok"}}' in metrics
 
     from pipelines.cli.main import main
 
