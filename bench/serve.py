@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipelines.serving.ingress import free_port  # noqa: E402 - after the repository is on the path
+
 OUT = ROOT / "bench" / "_out"
 INFINITY_VENV = OUT / "infinity-venv"
 INFINITY_PACKAGES = ["infinity-emb[server]==0.0.78", "sentence-transformers==3.4.1", "transformers==4.57.6",
@@ -55,12 +56,6 @@ QUERIES = ["금리 인상 전망", "반도체 수출 증가", "서울 아파트 
            "태풍 피해 복구", "election results", "프로야구 개막전", "oil prices fall", "정부 예산안 발표"]
 LEVELS = (1, 8, 32, 128)
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_infinity() -> Path:

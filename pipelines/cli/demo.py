@@ -17,11 +17,9 @@ from kafka.errors import KafkaError
 from rich.console import Console
 
 from pipelines.config import EmbedworkerSettings, resolve_model
-from pipelines.lexical.follower import open_lexical
 from pipelines.ops.produce import produce_file
 from pipelines.ops.status import collect_status
-from pipelines.serving.hybrid import choose_mode, run_search
-from pipelines.serving.search import Searcher
+from pipelines.serving.hybrid import TextSearch
 from pipelines.stream.supervisor import StreamSupervisor
 from workers.kafka.clients import new_admin
 from workers.sinks.redis_client import connect
@@ -79,16 +77,12 @@ def run_demo(settings: EmbedworkerSettings, console: Console) -> int:
     from pipelines.cli.tables import print_status, search_table
 
     print_status(collect_status(settings, check_health=False), console)
-    searcher = Searcher(settings)
-    searcher.setup()
-    mode = choose_mode(None, settings)  # hybrid: the lexical index is built from the lake just written
-    lexical = open_lexical(settings, searcher.index.name) if mode != "dense" else None
+    search = TextSearch.open(settings)  # hybrid: the lexical index is built from the lake just written
     week_ago = int(datetime(2026, 11, 20, tzinfo=UTC).timestamp())
     for query, filter_expr in (("반도체 수출이 늘었다", None), ("typhoon cancels flights", None),
                                ("interest rates", f'.lang == "ko" and .published_at >= {week_ago}')):
-        vector = searcher.encoder.encode_queries([query])[0]
-        hits = run_search(mode, query, vector, 5, filter_expr, None, searcher, searcher.index, lexical, settings.search)
-        console.print(search_table(query, hits, searcher.index.base, filter_expr, console.width, mode))
+        hits = search(query, 5, filter_expr)
+        console.print(search_table(query, hits, search.searcher.index.base, filter_expr, console.width, search.mode))
     console.print("Try: [bold].venv/bin/embedworker search -c configs/demo.yaml \"전기차 보조금\"[/bold]")
     console.print("Stop the local Kafka and Redis with [bold]make down[/bold] (they stay up for more tries).")
     return 0

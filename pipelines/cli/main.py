@@ -109,26 +109,17 @@ def cmd_produce(args) -> int:
 
 def cmd_search(args) -> int:
     from pipelines.config import resolve_model
-    from pipelines.lexical.follower import open_lexical
-    from pipelines.serving.hybrid import choose_mode, run_search
-    from pipelines.serving.reranker import reranker_from
-    from pipelines.serving.search import Searcher
+    from pipelines.serving.hybrid import TextSearch
 
     settings, note = resolve_model(_settings(args))
     if note:
         err_console.print(f"[yellow]{note}[/yellow]")
-    mode = choose_mode(args.mode, settings)
-    searcher = Searcher(settings)
-    searcher.setup()
-    say = lambda message: err_console.print(f"[dim]{message}[/dim]")  # noqa: E731
-    lexical = open_lexical(settings, searcher.index.name, say) if mode != "dense" else None
-    vector = searcher.encoder.encode_queries([args.query])[0] if mode != "lexical" else None
-    hits = run_search(mode, args.query, vector, args.k, args.filter, args.ef, searcher, searcher.index, lexical,
-                      settings.search, reranker_from(settings))
+    search = TextSearch.open(settings, args.mode, say=lambda message: err_console.print(f"[dim]{message}[/dim]"))
+    hits = search(args.query, args.k, args.filter, args.ef)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=1))
         return 0
-    console.print(search_table(args.query, hits, searcher.index.base, args.filter, console.width, mode))
+    console.print(search_table(args.query, hits, search.searcher.index.base, args.filter, console.width, search.mode))
     return 0
 
 

@@ -71,20 +71,21 @@ class LexicalIndex:
     def load_snapshot(self) -> int | None:
         """Start from the newest snapshot beside the lake, if any; returns its version."""
         fs = self.feed.filesystem()
-        found = snapshot.versions(fs, self.index) if fs is not None else []
-        if not found:
+        meta = snapshot.newest(fs, self.index) if fs is not None else None
+        if meta is None:
             return None
-        keys, docs, passages = snapshot.load(fs, self.index, found[-1])
+        version = meta["version"]
+        keys, docs, passages = snapshot.load(fs, self.index, version)
         if self.keep_passages and docs and not passages:
             log.info("the lexical snapshot of %s keeps no passages for the reranker: building from the lake", self.index)
             return None
-        self._saved = (found[-1], snapshot.newest(fs, self.index)["saved_at"])
+        self._saved = (version, meta["saved_at"])
         with self._lock:
             self.docs = docs
             self.passages = passages if self.keep_passages else {}
-            self.feed.restore(found[-1], keys, {i: d[0] for i, d in docs.items()})
-            self._build(found[-1])
-        return found[-1]
+            self.feed.restore(version, keys, {i: d[0] for i, d in docs.items()})
+            self._build(version)
+        return version
 
     def save_snapshot(self) -> str | None:
         """Save what is built now beside the lake (None when nothing was read yet)."""

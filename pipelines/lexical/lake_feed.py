@@ -20,7 +20,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from deltalake.exceptions import DeltaError
+from deltalake.fs import DeltaStorageHandler
 
 from pipelines.config import EmbedworkerSettings
 from pipelines.maintenance.lake_admin import LakeError, uri_of
@@ -73,6 +75,7 @@ class LakeDocumentFeed:
         self.keys = KEYS_SCHEMA.empty_table()
         self.winners: dict[str, Key] = {}
         self._table = None
+        self._fs = None
 
     def restore(self, version: int, keys: pa.Table, winners: dict[str, Key]) -> None:
         """Continue from a snapshot: the next refresh reads only what changed after `version`."""
@@ -114,9 +117,12 @@ class LakeDocumentFeed:
             raise LakeError(f"cannot read the lake at {self.settings.parquet.path}: {exc}") from None
 
     def filesystem(self):
-        """The table's filesystem (local or object storage, rooted at the table), None without a table."""
-        table = self._open()
-        return None if table is None else table.to_pyarrow_dataset().filesystem
+        """The table's filesystem (local or object storage with `parquet.s3`'s options, rooted at
+        the table), made once; None without a table."""
+        if self._fs is None and self._open() is not None:
+            handler = DeltaStorageHandler(uri_of(self.settings), self.settings.parquet.storage_options())
+            self._fs = pafs.PyFileSystem(handler)
+        return self._fs
 
     def _open(self):
         if self._table is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Callable
+from functools import lru_cache
 
 from pipelines.serving.search import FilterError
 
@@ -36,8 +37,10 @@ class MissingAttribute(Exception):
     """The document has no such attribute: the expression is false for it."""
 
 
+@lru_cache(maxsize=256)
 def compile_filter(expression: str) -> Callable[[dict], bool]:
-    """A predicate over a document's attributes. Raises FilterError naming what it could not read."""
+    """A predicate over a document's attributes (compiled once per expression: a service sees the
+    same few again and again). Raises FilterError naming what it could not read."""
     python = _translate(expression)
     try:
         tree = ast.parse(python, mode="eval")

@@ -10,12 +10,15 @@ side, `filters.compile_filter` on the lexical side). Every hit says how it was r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipelines.config import EmbedworkerSettings, SearchSettings
+from pipelines.lexical.follower import open_lexical
 from pipelines.lexical.index import LexicalHit, LexicalIndex
 from pipelines.serving.filters import compile_filter
-from pipelines.serving.reranker import CrossEncoderReranker
+from pipelines.serving.reranker import CrossEncoderReranker, reranker_from
 from pipelines.serving.search import Searcher, SearchError, SearchHit, VectorSetIndex, hit_from_attributes
 
 MODES = ("dense", "lexical", "hybrid")
@@ -69,6 +72,34 @@ def run_search(mode: str, query: str, vector: np.ndarray | None, k: int, filter:
     if reranker is None:
         return hits[:k]
     return reranker.rerank(query, hits, lexical.passages if lexical is not None else {}, s, k)
+
+
+@dataclass
+class TextSearch:
+    """What a one-off search (the CLI, the demo) needs, opened once by `open`: the Searcher (set
+    up), the mode, the lexical index at the lake's newest version (none in dense mode) and the
+    reranker; calling it searches a text."""
+
+    settings: EmbedworkerSettings
+    searcher: Searcher
+    mode: str
+    lexical: LexicalIndex | None
+    reranker: CrossEncoderReranker | None
+
+    @classmethod
+    def open(cls, settings: EmbedworkerSettings, mode: str | None = None, say=lambda message: None) -> TextSearch:
+        """Raises NoLexicalIndexError, SearchError, LakeError, RerankerError; `say` hears that a first
+        lexical build from the whole lake is starting."""
+        mode = choose_mode(mode, settings)
+        searcher = Searcher(settings)
+        searcher.setup()
+        lexical = open_lexical(settings, searcher.index.name, say) if mode != "dense" else None
+        return cls(settings, searcher, mode, lexical, reranker_from(settings))
+
+    def __call__(self, query: str, k: int = 10, filter: str | None = None, ef: int | None = None) -> list[SearchHit]:
+        vector = self.searcher.encoder.encode_queries([query])[0] if self.mode != "lexical" else None
+        return run_search(self.mode, query, vector, k, filter, ef, self.searcher, self.searcher.index, self.lexical,
+                          self.settings.search, self.reranker)
 
 
 def fuse(dense: list[SearchHit], words: list[LexicalHit], k: int, s: SearchSettings) -> list[SearchHit]:

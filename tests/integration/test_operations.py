@@ -2,7 +2,6 @@
 parsed), and `embedworker status` reading a real consumer group, real replicas through Ray and a
 lag that grows while nothing consumes."""
 
-import socket
 import threading
 import time
 import urllib.request
@@ -13,16 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.cli.main import main
 from pipelines.ops.status import collect_status
+from pipelines.serving.ingress import free_port
 from pipelines.stream.supervisor import StreamSupervisor
 from tests.helpers import all_committed, create_topic, doc, end_offsets, make_settings, produce, wait_until
 
 pytestmark = pytest.mark.integration
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict:

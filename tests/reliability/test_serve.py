@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 import requests
 import yaml
 
+from pipelines.serving.ingress import free_port
 from pipelines.serving.search import Searcher
 from tests.helpers import make_settings, wait_until
 from tests.reliability.conftest import service
@@ -56,11 +56,6 @@ const draw = (text) => {
 return draw(arguments[0]) !== draw(arguments[1]);
 """
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Service:
@@ -118,7 +113,7 @@ def served(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("serve")
     unique = uuid.uuid4().hex[:10]
     run_dir = tmp / "redis-run"
-    port = _free_port()
+    port = free_port()
     settings = make_settings("localhost:9092", f"redis://127.0.0.1:{REDIS_PORT}/0", tiny_model_dir, tmp, unique,
                              model={"max_tokens": 64}, ray={"num_cpus": 2},
                              serve={"port": port, "max_inputs": 8, "batch_wait_ms": 20, "num_cpus": 0.5})
