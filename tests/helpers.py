@@ -65,6 +65,17 @@ def _admin(settings: EmbedworkerSettings) -> KafkaAdminClient:
     return _ADMINS[servers]
 
 
+def forget_admin(servers: str) -> None:
+    """Close the admin client of these brokers (one that restarted, or a private broker that
+    stops): connect afresh next time, and leave no client reconnecting to a broker that is gone."""
+    admin = _ADMINS.pop(servers, None)
+    if admin is not None:
+        try:
+            admin.close()
+        except Exception:  # noqa: BLE001 - closing a client of a broker that is gone
+            pass
+
+
 def end_offsets(settings: EmbedworkerSettings, topic: str | None = None) -> dict[int, int]:
     """The topic's end offsets (the project's helper: workers/kafka/offsets.py)."""
     return topic_offsets(_admin(settings), topic or settings.kafka.topic)[1]
@@ -75,7 +86,7 @@ def committed_offsets(settings: EmbedworkerSettings) -> dict[int, int]:
     try:
         return kafka_committed(_admin(settings), settings.kafka.group_id, settings.kafka.topic)
     except KafkaError:
-        _ADMINS.pop(settings.kafka.bootstrap_servers, None)  # a broker restarted: connect afresh next time
+        forget_admin(settings.kafka.bootstrap_servers)  # a broker restarted: connect afresh next time
         return {}
 
 
@@ -96,7 +107,7 @@ def all_committed(settings: EmbedworkerSettings) -> bool:
     try:
         ends = end_offsets(settings)
     except KafkaError:
-        _ADMINS.pop(settings.kafka.bootstrap_servers, None)
+        forget_admin(settings.kafka.bootstrap_servers)
         return False
     return every_committed(ends, committed_offsets(settings))
 

@@ -8,6 +8,9 @@
 #   controller quorum, "1@127.0.0.1:19192,2@..."; empty: a standalone node), KAFKA_CLUSTER_ID
 #   (shared by the nodes), KAFKA_REPLICATION (1: replication factor of the internal and new
 #   topics), KAFKA_MIN_ISR (1).
+# Behind a fault injector (the nemesis): KAFKA_PROXIED_PORT, a second plaintext listener whose
+#   advertised address is KAFKA_PROXIED_ADVERTISED_PORT (Toxiproxy's, forwarding to it), so the
+#   clients that bootstrap there stay behind the proxy while the others talk to the broker directly.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$REPO_DIR/infra/local/kafka/pom.xml")"
@@ -21,6 +24,8 @@ KAFKA_NODE_ID="${KAFKA_NODE_ID:-1}"
 KAFKA_VOTERS="${KAFKA_VOTERS:-}"
 KAFKA_REPLICATION="${KAFKA_REPLICATION:-1}"
 KAFKA_MIN_ISR="${KAFKA_MIN_ISR:-1}"
+KAFKA_PROXIED_PORT="${KAFKA_PROXIED_PORT:-}"
+KAFKA_PROXIED_ADVERTISED_PORT="${KAFKA_PROXIED_ADVERTISED_PORT:-$KAFKA_PROXIED_PORT}"
 LIB_DIR="$CACHE_DIR/kafka-$KAFKA_VERSION/lib"
 INST_DIR="$RUN_DIR/kafka-$KAFKA_PORT"
 PROPS="$INST_DIR/server.properties"
@@ -45,16 +50,22 @@ install() {
 
 write_props() {
   mkdir -p "$INST_DIR/data"
+  local proxied="" proxied_adv="" proxied_map=""
+  if [ -n "$KAFKA_PROXIED_PORT" ]; then
+    proxied=",PROXIED://localhost:$KAFKA_PROXIED_PORT"
+    proxied_adv=",PROXIED://localhost:$KAFKA_PROXIED_ADVERTISED_PORT"
+    proxied_map=",PROXIED:PLAINTEXT"
+  fi
   cat > "$PROPS" <<PROPS
 # written by infra/local/kafka.sh
 process.roles=broker,controller
 node.id=$KAFKA_NODE_ID
 $(if [ -n "$KAFKA_VOTERS" ]; then echo "controller.quorum.voters=$KAFKA_VOTERS"; else echo "controller.quorum.bootstrap.servers=localhost:$KAFKA_CONTROLLER_PORT"; fi)
-listeners=PLAINTEXT://localhost:$KAFKA_PORT,CONTROLLER://localhost:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://localhost:$KAFKA_SASL_PORT
-advertised.listeners=PLAINTEXT://localhost:$KAFKA_PORT,CONTROLLER://localhost:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://localhost:$KAFKA_SASL_PORT
+listeners=PLAINTEXT://localhost:$KAFKA_PORT,CONTROLLER://localhost:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://localhost:$KAFKA_SASL_PORT$proxied
+advertised.listeners=PLAINTEXT://localhost:$KAFKA_PORT,CONTROLLER://localhost:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://localhost:$KAFKA_SASL_PORT$proxied_adv
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT$proxied_map
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;

@@ -48,7 +48,8 @@ def kafka_status(settings: EmbedworkerSettings, window_s: float = 0.0) -> dict:
     twice that far apart, giving produce and commit rates and whether the lag grows."""
     k = settings.kafka
     try:
-        admin = new_admin(k, "status", request_timeout_ms=10000)
+        admin = new_admin(k, "status", request_timeout_ms=min(k.request_timeout_ms, ANSWER_WITHIN_MS),
+                          bootstrap_timeout_ms=min(k.request_timeout_ms, ANSWER_WITHIN_MS))
     except KafkaError as exc:
         return {"error": kafka_error_message(exc, k)}
     try:
@@ -88,7 +89,10 @@ def redis_status(settings: EmbedworkerSettings) -> dict:
         return {"enabled": False}
     urls = r.shard_urls or [r.url]
     try:
-        clients = {u: connect(r, u) for u in dict.fromkeys(urls)}
+        # one attempt per command, each answered within ANSWER_WITHIN_MS: status must answer while a
+        # server hangs (with the sink's retries it took 43 s through a blackhole; measured by the nemesis)
+        quick = r.model_copy(update={"socket_timeout_s": min(r.socket_timeout_s, ANSWER_WITHIN_MS / 1000)})
+        clients = {u: connect(quick, u, retry=False) for u in dict.fromkeys(urls)}
         first = clients[urls[0]]
         index = resolve_index(first, settings.redis, model_slug(settings.model.name))
         alias = alias_target(first, settings.redis)
@@ -178,7 +182,9 @@ def lexical_status(settings: EmbedworkerSettings) -> dict | None:
         return {"index": index, "error": f"lexical index of {index}: {exc}"}
 
 
+ANSWER_WITHIN_MS = 5000  # the longest a service may take to answer one of status's requests
 DLQ_STUCK_S = 30.0  # a rejection unacknowledged this long is a problem (one resend period)
+STALLED_S = 1.0  # a sink write busy this long is a problem (workers.sink_stall_s pauses the input from 2 s)
 
 
 def expected_replicas(report: dict, settings: EmbedworkerSettings) -> int:
@@ -195,11 +201,12 @@ def expected_replicas(report: dict, settings: EmbedworkerSettings) -> int:
 def health(report: dict, replicas: int) -> list[str]:
     """Why the pipeline is unhealthy (empty when it is fine): a service that does not answer,
     lag that grew over the window, fewer live replicas than should run, a replica whose rejected
-    records the DLQ does not take (for longer than DLQ_STUCK_S) or whose polls fail."""
+    records the DLQ does not take (for longer than DLQ_STUCK_S), whose polls fail or whose sink
+    writes fail (the input is paused until they succeed)."""
     problems = []
     k = report["kafka"]
     if "error" in k:
-        problems.append(f"kafka: {k['error']}")
+        problems.append(_named("kafka", k["error"]))
     else:
         if k.get("lag_growth", 0) > 0:
             problems.append(f"lag grew from {k['lag_before']} to {k['total_lag']} in {k['window_s']} s "
@@ -217,10 +224,21 @@ def health(report: dict, replicas: int) -> list[str]:
                             f"{actor.get('dlq_error') or 'no acknowledgement'}")
         if actor.get("source_error"):
             problems.append(f"replica {actor['replica']}: polling fails: {actor['source_error']}")
+        if actor.get("sink_error"):
+            problems.append(f"replica {actor['replica']}: writes fail, input paused until they succeed: "
+                            f"{actor['sink_error']}")
+        elif actor.get("stalled_s", 0) >= STALLED_S:
+            problems.append(f"replica {actor['replica']}: a write to {actor.get('stalled_sink') or 'a sink'} has not "
+                            f"returned for {actor['stalled_s']:.0f} s (input paused; the service neither answers nor fails)")
     for part in ("redis", "parquet"):
         if "error" in report[part]:
-            problems.append(f"{part}: {report[part]['error']}")
+            problems.append(_named(part, report[part]["error"]))
     return problems
+
+
+def _named(part: str, error: str) -> str:
+    """A service's error, its name in front unless the sentence begins with it ("Kafka: …")."""
+    return error if error.lower().startswith(part) else f"{part}: {error}"
 
 
 def collect_status(settings: EmbedworkerSettings, window_s: float = 0.0, actors: bool = False,

@@ -53,13 +53,7 @@ def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
             entry = {"replica": replica, "name": name}
             try:
                 stats = ray.get(ray.get_actor(name).stats.remote(), timeout=timeout_s)
-                entry.update(state=stats.get("state"), docs_per_s_1m=stats.get("docs_per_s_1m", 0.0),
-                             lag=stats.get("committed_lag", stats.get("lag")), written=stats.get("written", 0),
-                             rejected=stats.get("rejected", 0), in_flight=stats.get("in_flight", 0),
-                             paused=bool(stats.get("paused")), sink_error=stats.get("sink_error"),
-                             stalled_s=stats.get("stalled_s", 0.0), device=stats.get("device"), node=stats.get("node"),
-                             dlq_unacked=stats.get("dlq_unacked", 0), dlq_unacked_s=stats.get("dlq_unacked_s", 0.0),
-                             dlq_error=stats.get("dlq_error"), source_error=stats.get("source_error"), up=True)
+                entry.update(replica_entry(stats))
                 told = stats.get("scaling")
                 if told and (scaling is None or told["at"] > scaling["at"]):
                     scaling = told  # the newest the supervisor told any replica
@@ -70,6 +64,17 @@ def actor_status(settings: EmbedworkerSettings, timeout_s: float = 5.0) -> dict:
     finally:
         if connected_here:
             ray.shutdown()
+
+
+def replica_entry(stats: dict) -> dict:
+    """What status keeps of a replica's stats (`EmbeddingWorker.stats()`), for a replica that answered."""
+    return dict(state=stats.get("state"), docs_per_s_1m=stats.get("docs_per_s_1m", 0.0),
+                lag=stats.get("committed_lag", stats.get("lag")), written=stats.get("written", 0),
+                rejected=stats.get("rejected", 0), in_flight=stats.get("in_flight", 0),
+                paused=bool(stats.get("paused")), sink_error=stats.get("sink_error"),
+                stalled_s=stats.get("stalled_s", 0.0), stalled_sink=stats.get("stalled_sink"), device=stats.get("device"), node=stats.get("node"),
+                dlq_unacked=stats.get("dlq_unacked", 0), dlq_unacked_s=stats.get("dlq_unacked_s", 0.0),
+                dlq_error=stats.get("dlq_error"), source_error=stats.get("source_error"), up=True)
 
 
 def log_replica_summary(stats: list[dict], last: dict, interval: float) -> dict:

@@ -40,7 +40,7 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(tmp_path, capsys):
 def test_status_with_every_service_down_exits_3_in_words(tmp_path, capsys, tiny_model_dir):
     assert main(["status", "-c", config(tmp_path, tiny_model_dir), "--window", "0", "--no-actors"]) == 3
     out = capsys.readouterr()
-    assert "unhealthy: kafka:" in out.out and "unhealthy: redis:" in out.out
+    assert "unhealthy: Kafka:" in out.out and "unhealthy: Redis:" in out.out
     assert "Traceback" not in out.out + out.err and "hunter2" not in out.out + out.err
 
 

@@ -52,6 +52,7 @@ def test_a_hanging_write_blocks_the_input_within_stall_seconds():
     started = time.monotonic()
     wait_until(lambda: stage.blocked)
     assert 0.25 <= time.monotonic() - started < 3.0 and stage.stalled_s >= 0.3
+    assert stage.stalled_sink == sink.name  # status names the sink that hangs
     sink.release.set()
     wait_until(lambda: not stage.blocked)
     wait_until(lambda: ledger.committable() == {("t", 0): 1})

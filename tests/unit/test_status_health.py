@@ -18,7 +18,7 @@ def test_a_healthy_pipeline_has_no_problems():
 
 def test_an_unreachable_service_is_named():
     problems = health(report(kafka={"error": "Kafka: no broker answered"}, redis={"error": "Redis at x: refused"}), 2)
-    assert problems == ["kafka: Kafka: no broker answered", "redis: Redis at x: refused"]
+    assert problems == ["Kafka: no broker answered", "Redis at x: refused"]
 
 
 def test_lag_that_grew_and_missing_members():
@@ -48,3 +48,12 @@ def test_failing_polls_are_a_problem():
     actor = {"replica": 0, "up": True, "source_error": "Kafka: UnknownTopicOrPartitionError: news"}
     assert health(report(actors={"actors": [actor]}), 1) == [
         "replica 0: polling fails: Kafka: UnknownTopicOrPartitionError: news"]
+
+
+def test_failing_or_stalled_sink_writes_are_a_problem():
+    failing = {"replica": 0, "up": True, "paused": True, "sink_error": "Redis at redis://r:6379/0 is unavailable: refused"}
+    stalled = {"replica": 1, "up": True, "paused": True, "sink_error": None, "stalled_s": 3.4, "stalled_sink": "redis"}
+    busy = {"replica": 2, "up": True, "sink_error": None, "stalled_s": 0.2}
+    assert health(report(actors={"actors": [failing, stalled, busy]}), 2) == [
+        "replica 0: writes fail, input paused until they succeed: Redis at redis://r:6379/0 is unavailable: refused",
+        "replica 1: a write to redis has not returned for 3 s (input paused; the service neither answers nor fails)"]

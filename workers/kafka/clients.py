@@ -21,7 +21,7 @@ def common_options(settings: KafkaSettings, role: str) -> dict[str, Any]:
     """What every client gets: the brokers, `{client_id}-{role}`, the timeouts and security
     (secrets resolved now, at connection time)."""
     return {"bootstrap_servers": settings.bootstrap_servers.split(","), "client_id": f"{settings.client_id}-{role}",
-            "request_timeout_ms": settings.request_timeout_ms,
+            "request_timeout_ms": settings.request_timeout_ms, "reconnect_backoff_max_ms": settings.reconnect_backoff_max_ms,
             "bootstrap_timeout_ms": min(settings.request_timeout_ms, 15000), **settings.security.client_options()}
 
 
@@ -67,4 +67,5 @@ def kafka_error_message(exc: Exception, settings: KafkaSettings) -> str:
                      f"that user {sec.sasl_username!r} and its password (kafka.security.sasl_password or "
                      "sasl_password_file) are right")
         hint += "; check kafka.bootstrap_servers and kafka.security)"
-    return f"Kafka: {name}: {exc}{hint}"
+    text = str(exc)  # kafka-python's errors already begin with their class name
+    return f"Kafka: {text if text.startswith(name) else f'{name}: {text}'}{hint}"

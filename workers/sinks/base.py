@@ -101,6 +101,16 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flush what can be flushed and release connections; called once at shutdown."""
 
+    # Optional: `background_stall_s() -> float`, the seconds a write of the sink's own thread (a
+    # lake writer) has been running, 0 when none is; the sink stage pauses the input when it
+    # passes workers.sink_stall_s, as for a write of its own that hangs (see sink_stall_s).
+
+
+def background_stall_s(sink: Sink) -> float:
+    """A sink's `background_stall_s()`, 0 for a sink that writes only in the caller's thread."""
+    stall = getattr(sink, "background_stall_s", None)
+    return stall() if stall is not None else 0.0
+
 
 def retry_backpressure(write: Callable[[], T], give_up_after_s: float = GIVE_UP_AFTER_S,
                        sleep: Callable[[float], None] = time.sleep,

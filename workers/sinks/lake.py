@@ -144,7 +144,10 @@ class DeltaLakeSink(ParquetSink):
             actual = {p.tp: _version(table, app_id(self.index, *p.tp)) for p in pieces}
             moved = {tp: v for tp, v in actual.items() if v != expected[tp]}
             if moved:
-                log.warning("lake: another writer committed %s since this replica read them; keeping only later rows",
+                # another writer, or a commit of this one whose answer was lost (seen by the nemesis:
+                # S3 +1 s latency): either way those rows are there once, and only later ones are added
+                log.warning("lake: %s committed since this replica read them (by another writer, or an earlier "
+                            "attempt of its own whose answer was lost); keeping only later rows",
                             ", ".join(f"{t}:{p} (at {v})" for (t, p), v in moved.items()))
                 pieces = [Piece(p.tp, rows, rows[0].offset, p.last) for p in pieces
                           if (rows := [r for r in p.rows if r.offset > actual[p.tp]])]

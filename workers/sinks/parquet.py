@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class ParquetSink:
         self._error: SinkBackpressureError | None = None
         self._fatal: BaseException | None = None  # what ended the writer thread
         self._writer: threading.Thread | None = None
+        self._writing_since: float | None = None  # when the writer thread's write in progress began
         self._closing = False
         self.files_written = 0
         self.rows_written = 0
@@ -125,6 +127,12 @@ class ParquetSink:
         if self.threaded:
             self._writer = threading.Thread(target=self._write_loop, name="parquet-writer", daemon=True)
             self._writer.start()
+
+    def background_stall_s(self) -> float:
+        """Seconds the writer thread's write in progress has been running (0 when none is): a
+        store that hangs or retries for long pauses the input through the sink stage."""
+        since = self._writing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def failure(self) -> BaseException | None:
         """What ended the writer thread (None while it runs): a SinkError, or an unexpected
@@ -308,6 +316,8 @@ class ParquetSink:
                 return False
             batch = list(self._sealed)
             unknown = [tp for tp, _ in batch if tp not in self._held]
+        if self.threaded:
+            self._writing_since = time.monotonic()
         try:
             if unknown:
                 self._read_held(unknown)  # the store was unreadable at assignment
@@ -327,6 +337,8 @@ class ParquetSink:
                 self._error = exc
                 self._cond.notify_all()
             return False
+        finally:
+            self._writing_since = None
         with self._cond:
             done = {id(buf) for _, buf in batch}
             self._sealed = deque(item for item in self._sealed if id(item[1]) not in done)

@@ -15,7 +15,7 @@ import logging
 import threading
 
 from workers.errors import SinkBackpressureError
-from workers.sinks.base import TP, Sink, SinkRecord
+from workers.sinks.base import TP, Sink, SinkRecord, background_stall_s
 from workers.stream.ledger import OffsetLedger
 from workers.stream.metrics import WorkerMetrics
 from workers.stream.threads import SYSTEM_CLOCK, Clock, Stage
@@ -40,6 +40,7 @@ class SinkStage(Stage):
         self.blocked_until = 0.0
         self.stall_s = stall_s
         self._busy_since: float | None = None  # when the write or flush in progress began
+        self._busy_sink: str | None = None  # the sink that write or flush is in
         self.last_error: str | None = None
 
     @property
@@ -51,9 +52,23 @@ class SinkStage(Stage):
 
     @property
     def stalled_s(self) -> float:
-        """Seconds the write or flush in progress has been running (0 when none is)."""
-        since = self._busy_since
-        return 0.0 if since is None else self.clock.monotonic() - since
+        """Seconds the write or flush in progress has been running (0 when none is), or a sink's
+        own writer thread its write, whichever is longer."""
+        return self._stalled()[0]
+
+    @property
+    def stalled_sink(self) -> str | None:
+        """The sink whose write has run longest (for status: which service hangs); None when none runs."""
+        return self._stalled()[1]
+
+    def _stalled(self) -> tuple[float, str | None]:
+        since, name = self._busy_since, self._busy_sink
+        longest = (0.0, None) if since is None else (self.clock.monotonic() - since, name)
+        for sink in self.sinks:
+            seconds = background_stall_s(sink)
+            if seconds > longest[0]:
+                longest = (seconds, sink.name)
+        return longest
 
     def idle(self, timeout: float) -> None:
         self.ledger.wait_for_work(timeout)
@@ -90,6 +105,7 @@ class SinkStage(Stage):
     def _write(self, records: list[SinkRecord]) -> None:
         for sink in self.sinks:
             t0 = self.clock.monotonic()
+            self._busy_sink = sink.name
             try:
                 sink.write(records)
             except SinkBackpressureError:
@@ -101,6 +117,7 @@ class SinkStage(Stage):
         now = self.clock.time()
         for sink in self.sinks:
             t0 = self.clock.monotonic()
+            self._busy_sink = sink.name
             try:
                 sink.flush(now, force=force)
             except SinkBackpressureError:
