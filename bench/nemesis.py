@@ -5,6 +5,7 @@ this process) fed upserts and deletions throughout; after every round a drain an
 (heal -> first commit) p50/max, how soon the input paused, and what `status` and the log said.
 
     .venv/bin/python bench/nemesis.py --rounds 40 --seed 1 --out bench/results/nemesis.json
+    .venv/bin/python bench/nemesis.py --lake s3 --rounds 12 --seed 2 --out bench/results/nemesis_s3.json
 
 Needs Go (Toxiproxy is built with `go install`) and Java (Kafka); starts its own Kafka, Redis
 and Toxiproxy under a temporary folder (ports from --base) and stops them by pid. The faults
@@ -55,7 +56,7 @@ def summarize(reports: list[FaultReport]) -> list[dict]:
     for r in reports:
         row = rows.setdefault(r.fault, {"fault": r.fault, "rounds": 0, "lost": 0, "doubled": 0, "stale": 0, "dlq": 0,
                                         "recovery": [], "paused": [], "status_s": [], "status": r.status, "log": r.log,
-                                        "tracebacks": 0, "max_in_flight": 0})
+                                        "tracebacks": 0, "max_in_flight": 0, "max_rss_mb": 0.0})
         row["rounds"] += 1
         for key in ("lost", "doubled", "stale", "dlq", "tracebacks"):
             row[key] += getattr(r, key)
@@ -65,6 +66,7 @@ def summarize(reports: list[FaultReport]) -> list[dict]:
         if r.status_s is not None:
             row["status_s"].append(r.status_s)
         row["max_in_flight"] = max(row["max_in_flight"], r.max_in_flight)
+        row["max_rss_mb"] = max(row["max_rss_mb"], getattr(r, "max_rss_mb", 0.0))
     out = []
     for row in rows.values():
         rec = [x for x in row.pop("recovery") if x is not None]
@@ -95,11 +97,16 @@ def main() -> int:
     ap.add_argument("--overlap", type=float, default=0.3, help="share of random rounds with two faults at once")
     ap.add_argument("--rate", type=float, default=30.0, help="documents a second during the faults")
     ap.add_argument("--base", type=int, default=19400, help="the first of 8 ports for Kafka, Redis, Toxiproxy")
+    ap.add_argument("--lake", choices=("disk", "s3"), default="disk",
+                    help="the lake on a small disk of its own (the disk fault; needs root to mount a tmpfs) or on "
+                         "a private s3proxy behind Toxiproxy (the S3 faults)")
     ap.add_argument("--out", help="write the rounds and the summary as JSON here")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the services (the finally below) on a kill
     work = Path(tempfile.mkdtemp(prefix="nemesis-"))
-    services = NemesisServices(work / "run", base=args.base).start()
+    services = NemesisServices(work / "run", base=args.base, lake=args.lake).start()
+    if services.no_small_disk:
+        print(services.no_small_disk)
     try:
         unique = f"nem{int(time.time())}"
         settings = make_settings(f"localhost:{services.kafka_port}", f"redis://127.0.0.1:{services.redis_port}/0",
@@ -125,7 +132,8 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({
             "machine": f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
-            "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "scale": args.scale, "rounds": len(reports),
+            "date": time.strftime("%Y-%m-%d"), "seed": args.seed, "scale": args.scale, "lake": args.lake,
+            "rounds": len(reports),
             "end": end, "summary": rows, "reports": [r.__dict__ for r in reports]}, indent=1, ensure_ascii=False))
     bad = end["lost"] or end["doubled"] or end["stale"] or end["dlq"] or not end["worker_survived"]
     return 1 if bad else 0

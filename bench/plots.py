@@ -12,6 +12,10 @@ each title names the machine and the date of the run it draws.
                    quantization's ceiling (exact search over the quantized vectors)
     serve.png      (g) the query service against Infinity in the same run: queries/s and CPU-ms
                    per request by concurrent clients (and ours for /search)
+    hybrid.png     (h) NDCG@10 and recall@10 of dense, lexical and hybrid search per language
+    nemesis.png    (i) faults on the wire: seconds from each heal to the first commit (every
+                   round, p50 and max per fault), the input's pause after a sink fault, and the
+                   rounds' lost / doubled / stale counts in the titles
 
 A chart whose results file is missing is skipped with a line saying which bench makes it.
 """
@@ -265,6 +269,31 @@ def hybrid_chart(out: Path) -> str | None:
     return _save(fig, out / "hybrid.png")
 
 
+def nemesis_chart(out: Path) -> str | None:
+    runs = [run for run in (load("nemesis.json"), load("nemesis_s3.json")) if run and run.get("reports")]
+    if not runs:
+        return "bench/nemesis.py --out bench/results/nemesis.json"
+    reports = [r for run in runs for r in run["reports"]]
+    faults = sorted({r["fault"] for r in reports}, key=lambda f: (f.count("+") > 1 or " + " in f, f))
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(faults) + 1.6))
+    for y, fault in enumerate(faults):
+        rec = [r["recovery_s"] for r in reports if r["fault"] == fault and r["recovery_s"] is not None]
+        paused = [r["paused_after_s"] for r in reports if r["fault"] == fault and r["paused_after_s"] is not None]
+        ax.scatter(rec, [y] * len(rec), color="#1f77b4", s=14, alpha=0.7, label="heal -> first commit" if y == 0 else None)
+        if paused:
+            ax.scatter(paused, [y] * len(paused), color="#ff7f0e", marker="x", s=16,
+                       label="fault -> input paused" if not ax.get_legend_handles_labels()[1].count("fault -> input paused") else None)
+    ax.axvline(5.0, color="#d62728", linestyle="--", linewidth=1, label="target: 5 s after the heal")
+    ax.set_yticks(range(len(faults)), faults, fontsize=7)
+    ax.set_xlabel("seconds")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="lower right")
+    ends = "; ".join(f"{run.get('lake', 'disk')} lake: {run['rounds']} rounds, lost {run['end']['lost']}, doubled "
+                     f"{run['end']['doubled']}, stale {run['end']['stale']}" for run in runs)
+    fig.suptitle(f"Nemesis (Toxiproxy, SIGSTOP, a full disk): {ends}; {runs[0]['machine']}, {runs[0]['date']}", fontsize=8)
+    return _save(fig, out / "nemesis.png")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "plots"))
@@ -272,7 +301,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     missing = [m for m in (encoder_chart(out), hostpath_chart(out), index_chart(out), latency_chart(out),
-                           capacity_chart(out), capacity_sentences_chart(out), serve_chart(out), hybrid_chart(out)) if m]
+                           capacity_chart(out), capacity_sentences_chart(out), serve_chart(out), hybrid_chart(out),
+                           nemesis_chart(out)) if m]
     for how in missing:
         print(f"skipped a chart: no results yet; make them with {how}", file=sys.stderr)
     return 0

@@ -72,7 +72,8 @@ def replica_entry(stats: dict) -> dict:
                 lag=stats.get("committed_lag", stats.get("lag")), written=stats.get("written", 0),
                 rejected=stats.get("rejected", 0), in_flight=stats.get("in_flight", 0),
                 paused=bool(stats.get("paused")), sink_error=stats.get("sink_error"),
-                stalled_s=stats.get("stalled_s", 0.0), stalled_sink=stats.get("stalled_sink"), device=stats.get("device"), node=stats.get("node"),
+                stalled_s=stats.get("stalled_s", 0.0), stalled_sink=stats.get("stalled_sink"),
+                device=stats.get("device"), node=stats.get("node"),
                 dlq_unacked=stats.get("dlq_unacked", 0), dlq_unacked_s=stats.get("dlq_unacked_s", 0.0),
                 dlq_error=stats.get("dlq_error"), source_error=stats.get("source_error"), up=True)
 

@@ -4,6 +4,7 @@ Jepsen's kind of check at the end: nothing lost, nothing doubled, nothing stale.
 
 Prints the per-fault table (pytest -s shows it)."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -76,44 +77,52 @@ def _commits_moved_past(checker, marks: dict[int, int]) -> bool:
     return bool(committed) and all(committed.get(p, -1) > mark for p, mark in marks.items())
 
 
+@contextlib.contextmanager
+def _two_replicas_fed(worker_settings, checker, seed: int):
+    """Two replicas (Ray actors) on a topic of 4 partitions, 150 documents committed, then the
+    checker's feed of upserts and deletions for the block; after it, the feed stops and the
+    replicas drain. Yields (supervisor, history)."""
+    create_topic(checker, partitions=4)
+    history = History(checker, seed=seed)
+    history.send(150)
+    supervisor = StreamSupervisor(worker_settings)
+    supervisor.start()
+    feeder = None
+    try:
+        with supervising(supervisor):
+            wait_until(lambda: sum(committed_offsets(checker).values()) >= 100, timeout=120, message="first commits")
+            feeder = Feeder(history).start()
+            yield supervisor, history
+            feeder.stop()
+            feeder = None
+            wait_all_committed(checker, supervisor)
+    finally:
+        if feeder:
+            feeder.stop()
+        history.close()
+
+
 def test_a_replica_frozen_past_the_session_timeout_then_thawed(ray_cluster, stream_settings):
     """SIGSTOP of a replica's process for longer than the session timeout while upserts and
     deletions flow: its partitions move to the other replica within the session timeout + 5 s;
     thawed, it finds itself fenced or rebalanced, and writes nothing twice and nothing stale."""
     settings = stream_settings(workers={"replicas": 2, "num_gpus": 0, "num_cpus": 0.5, "drain_timeout_s": 30})
     session_s = settings.kafka.session_timeout_ms / 1000
-    create_topic(settings, partitions=4)
-    history = History(settings, seed=3)
-    history.send(150)
-    supervisor = StreamSupervisor(settings)
-    supervisor.start()
-    feeder = None
-    try:
-        with supervising(supervisor):
-            wait_until(lambda: sum(committed_offsets(settings).values()) >= 100, timeout=120, message="first commits")
-            feeder = Feeder(history).start()
-            victim = ray.get(supervisor.actors[0].pid.remote(), timeout=30)
-            wait_until(lambda: committed_offsets(settings), timeout=30, message="committed offsets")
-            marks = dict(committed_offsets(settings))
-            os.kill(victim, signal.SIGSTOP)
-            frozen_at = time.monotonic()
-            try:
-                wait_until(lambda: _commits_moved_past(settings, marks), timeout=session_s + 30, interval=0.2,
-                           message="every partition committing again while one replica is frozen")
-                moved_s = time.monotonic() - frozen_at
-                time.sleep(max(0.0, session_s + 4 - moved_s))  # frozen past the session timeout in any case
-            finally:
-                os.kill(victim, signal.SIGCONT)
-            thawed_marks = dict(committed_offsets(settings))
-            wait_until(lambda: _commits_moved_past(settings, thawed_marks), timeout=60, interval=0.2,
-                       message="every partition committing after the thaw")
-            feeder.stop()
-            feeder = None
-            wait_all_committed(settings, supervisor)
-    finally:
-        if feeder:
-            feeder.stop()
-        history.close()
+    with _two_replicas_fed(settings, settings, seed=3) as (supervisor, history):
+        victim = ray.get(supervisor.actors[0].pid.remote(), timeout=30)
+        marks = dict(wait_until(lambda: committed_offsets(settings), timeout=30, message="committed offsets"))
+        os.kill(victim, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            wait_until(lambda: _commits_moved_past(settings, marks), timeout=session_s + 30, interval=0.2,
+                       message="every partition committing again while one replica is frozen")
+            moved_s = time.monotonic() - frozen_at
+            time.sleep(max(0.0, session_s + 4 - moved_s))  # the fault: frozen past the session timeout in any case
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        thawed_marks = dict(committed_offsets(settings))
+        wait_until(lambda: _commits_moved_past(settings, thawed_marks), timeout=60, interval=0.2,
+                   message="every partition committing after the thaw")
     end = check_end_state(history, "tiny-bert")
     print(f"\nreplica frozen {session_s + 4:.0f} s: every partition committing again {moved_s:.1f} s after the "
           f"freeze (session timeout {session_s:.0f} s); end state {end}")
@@ -128,31 +137,15 @@ def test_replicas_killed_while_their_commits_are_slow(nemesis, ray_cluster, tiny
                              tiny_model_dir, tmp_path, unique,
                              workers={"replicas": 2, "num_gpus": 0, "num_cpus": 0.5, "drain_timeout_s": 30})
     worker_settings, checker = nemesis.settings_pair(settings)
-    create_topic(checker, partitions=4)
-    history = History(checker, seed=4)
-    history.send(150)
-    supervisor = StreamSupervisor(worker_settings)
-    supervisor.start()
-    feeder = None
-    try:
-        with supervising(supervisor):
-            wait_until(lambda: sum(committed_offsets(checker).values()) >= 100, timeout=120, message="first commits")
-            latency = nemesis.toxiproxy.add_toxic("kafka", "latency", latency=500)
-            feeder = Feeder(history).start()
-            for kill in range(3):
-                marks = dict(committed_offsets(checker))
-                wait_until(lambda marks=marks: _commits_moved_past(checker, marks), timeout=90, interval=0.2,
-                           message="commits before a kill")
-                actor = supervisor.actors[kill % 2]
-                os.kill(ray.get(actor.pid.remote(), timeout=30), signal.SIGKILL)
-            nemesis.toxiproxy.remove_toxic("kafka", latency)
-            feeder.stop()
-            feeder = None
-            wait_all_committed(checker, supervisor)
-    finally:
-        if feeder:
-            feeder.stop()
-        history.close()
+    with _two_replicas_fed(worker_settings, checker, seed=4) as (supervisor, history):
+        latency = nemesis.toxiproxy.add_toxic("kafka", "latency", latency=500)
+        for kill in range(3):
+            marks = dict(committed_offsets(checker))
+            wait_until(lambda marks=marks: _commits_moved_past(checker, marks), timeout=90, interval=0.2,
+                       message="commits before a kill")
+            actor = supervisor.actors[kill % 2]
+            os.kill(ray.get(actor.pid.remote(), timeout=30), signal.SIGKILL)
+        nemesis.toxiproxy.remove_toxic("kafka", latency)
     end = check_end_state(history, "tiny-bert")
     print(f"\n3 kills -9 with commits 500 ms slow: {supervisor.restarts} restarts; end state {end}")
     assert supervisor.restarts >= 3

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -158,11 +159,17 @@ class FaultReport:
     tracebacks: int = 0
     max_in_flight_bytes: int = 0
     max_in_flight: int = 0
+    max_rss_mb: float = 0.0  # this process's (the worker runs in it) resident memory, at its peak
     lost: int = 0          # what went wrong in this round (the end state checked after its drain,
     doubled: int = 0       # less what the rounds before had left)
     stale: int = 0
     dlq: int = 0
     drain_s: float | None = None
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 def _status_problems(settings: EmbedworkerSettings, worker, box: dict) -> None:
@@ -212,6 +219,7 @@ def run_fault(fault: Fault, worker, worker_settings: EmbedworkerSettings,
                 report.paused_after_s = round(now - t0, 2)
             report.max_in_flight_bytes = max(report.max_in_flight_bytes, stats.get("in_flight_bytes", 0))
             report.max_in_flight = max(report.max_in_flight, stats.get("in_flight", 0))
+            report.max_rss_mb = max(report.max_rss_mb, _rss_mb())
             if now >= asking_at and not asker.is_alive() and not asker.ident:
                 asker.start()
             time.sleep(0.1)

@@ -97,3 +97,28 @@ def test_batch_jobs_wait_out_backpressure_with_the_sinks_delays_then_give_up():
     with pytest.raises(SinkBackpressureError):
         retry_backpressure(down, 30, sleep, lambda: clock[0])
     assert clock[0] <= 4.0 + 30
+
+
+class WriterThreadSink(HangingSink):
+    """A sink whose own writer thread has been in one write for `stall` seconds (a lake on a
+    store that hangs): its write() returns at once."""
+
+    name = "lake-like"
+
+    def __init__(self, stall: float):
+        super().__init__()
+        self.stall = stall
+        self.release.set()
+
+    def background_stall_s(self) -> float:
+        return self.stall
+
+
+def test_a_hanging_writer_thread_of_a_sink_blocks_the_input_and_is_named():
+    ledger, sink = OffsetLedger(), WriterThreadSink(stall=0.1)
+    stage = SinkStage([sink], ledger, WorkerMetrics(0), stall_s=0.3)
+    assert not stage.blocked and stage.stalled_sink == "lake-like"
+    sink.stall = 0.5
+    assert stage.blocked and stage.stalled_s == 0.5 and stage.stalled_sink == "lake-like"
+    sink.stall = 0.0
+    assert not stage.blocked and stage.stalled_sink is None
