@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole suite as `make test` runs it (inside infra/local/services.sh run), in two pytest
 # processes side by side, of about equal length:
-#   - tests/reliability: faults, elasticity, the query service, security, the lake on S3;
+#   - tests/reliability but elasticity: faults, the nemesis, the query service, security, the
+#     lake on S3;
 #   - tests/cluster (the scale-out cluster of infra/local/cluster.sh, its own ports), then
-#     tests/integration, tests/simulation and tests/unit.
+#     tests/integration, the elasticity tests of tests/reliability, tests/simulation and tests/unit.
 # Most of the time of either is spent waiting on services (restarts, rebalances, failovers), so
 # together they take about the time of the longer. The first part's output comes first, then
 # the second's; the exit status is the first failure's. With arguments (a selection: paths, -k,
@@ -20,14 +21,15 @@ if [ "$#" -gt 0 ]; then
 fi
 
 log="$(mktemp "${TMPDIR:-/tmp}/embedworker-tests.XXXXXX")"
-"$PY" -m pytest -p no:cacheprovider tests/cluster tests/integration tests/simulation tests/unit >"$log" 2>&1 &
+"$PY" -m pytest -p no:cacheprovider tests/cluster tests/integration tests/reliability/test_elastic.py tests/simulation \
+    tests/unit >"$log" 2>&1 &
 second=$!
-"$PY" -m pytest -p no:cacheprovider tests/reliability
+"$PY" -m pytest -p no:cacheprovider tests/reliability --ignore=tests/reliability/test_elastic.py
 first_rc="$(ok $?)"
 wait "$second"
 second_rc="$(ok $?)"
 echo
-echo "========== tests/cluster, integration, simulation, unit (run beside the above) =========="
+echo "========== tests/cluster, integration, reliability/test_elastic.py, simulation, unit (run beside the above) =========="
 cat "$log"
 rm -f "$log"
 [ "$first_rc" -ne 0 ] && exit "$first_rc"
