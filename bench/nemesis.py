@@ -96,7 +96,7 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="fault durations times this")
     ap.add_argument("--overlap", type=float, default=0.3, help="share of random rounds with two faults at once")
     ap.add_argument("--rate", type=float, default=30.0, help="documents a second during the faults")
-    ap.add_argument("--base", type=int, default=19400, help="the first of 8 ports for Kafka, Redis, Toxiproxy")
+    ap.add_argument("--base", type=int, default=18400, help="the first of 10 ports for Kafka, Redis, Toxiproxy, s3proxy")
     ap.add_argument("--lake", choices=("disk", "s3"), default="disk",
                     help="the lake on a small disk of its own (the disk fault; needs root to mount a tmpfs) or on "
                          "a private s3proxy behind Toxiproxy (the S3 faults)")

@@ -39,7 +39,7 @@ class NemesisServices:
     proxy (`lake="s3"`). Ports from `base` up (10)."""
 
     run_dir: Path
-    base: int = 19300
+    base: int = 18300  # clear of the local cluster's ports (infra/local/cluster.sh: 17000-17005, 19092-19494)
     lake: str = "disk"
     disk_mb: int = 256
     small_disk: Path | None = None  # the tmpfs, when mounted
