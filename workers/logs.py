@@ -18,6 +18,11 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 _SECRETS: set[str] = set()
+# kafka-python logs every lost connection at ERROR with its traceback (seen by the nemesis during
+# each Kafka fault), which the worker reports in its own words: its records lose the traceback,
+# unless the level is DEBUG.
+ONE_LINE_LIBRARIES = frozenset({"kafka"})
+_LIBRARY_TRACEBACKS = False
 
 
 def register_secret(value: str | None) -> None:
@@ -52,6 +57,8 @@ def _masking_record_factory(base):
         record = base(*args, **kwargs)
         if _SECRETS:
             _mask(record)
+        if not _LIBRARY_TRACEBACKS and record.name.partition(".")[0] in ONE_LINE_LIBRARIES:
+            record.exc_info, record.stack_info = None, None
         return record
 
     factory.masks_secrets = True  # type: ignore[attr-defined]
@@ -76,6 +83,8 @@ def configure(level: str | None = None, json_format: bool | None = None) -> None
     unknown = level not in LEVELS
     if unknown:  # the settings validate logging.level; this is a hand-set environment variable
         level = "INFO"
+    global _LIBRARY_TRACEBACKS
+    _LIBRARY_TRACEBACKS = level == "DEBUG"
     if not getattr(logging.getLogRecordFactory(), "masks_secrets", False):
         logging.setLogRecordFactory(_masking_record_factory(logging.getLogRecordFactory()))
     if json_format is None:

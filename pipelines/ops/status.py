@@ -6,7 +6,10 @@ so an unreachable service shows up as an error in its part instead of failing th
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pyarrow.parquet as pq
 from kafka import KafkaAdminClient
@@ -183,6 +186,7 @@ def lexical_status(settings: EmbedworkerSettings) -> dict | None:
 
 
 ANSWER_WITHIN_MS = 5000  # the longest a service may take to answer one of status's requests
+STORE_WITHIN_S = 10.0  # the longest status waits for its reads of the lake (several requests each)
 DLQ_STUCK_S = 30.0  # a rejection unacknowledged this long is a problem (one resend period)
 STALLED_S = 1.0  # a sink write busy this long is a problem (workers.sink_stall_s pauses the input from 2 s)
 
@@ -241,14 +245,47 @@ def _named(part: str, error: str) -> str:
     return error if error.lower().startswith(part) else f"{part}: {error}"
 
 
+def answered_within(seconds: float, reads: dict[str, tuple[str, Callable[[], Any]]]) -> dict[str, Any]:
+    """{key: read()} for reads of (what, read), all run at once, each in a daemon thread; one that
+    has not returned `seconds` later gives {"error": "<what>: no answer within …"} (its thread goes
+    on, its answer dropped): a status report answers while a store hangs. A read's exception is
+    raised here."""
+    boxes: dict[str, dict] = {key: {} for key in reads}
+
+    def run(key: str, read: Callable[[], Any]) -> None:
+        try:
+            boxes[key]["result"] = read()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            boxes[key]["error"] = exc
+
+    threads = {key: threading.Thread(target=run, args=(key, read), name=f"status-{key}", daemon=True)
+               for key, (_, read) in reads.items()}
+    for thread in threads.values():
+        thread.start()
+    deadline = time.monotonic() + seconds
+    out: dict[str, Any] = {}
+    for key, thread in threads.items():
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if "error" in boxes[key]:
+            raise boxes[key]["error"]
+        out[key] = boxes[key]["result"] if "result" in boxes[key] else {
+            "error": f"{reads[key][0]}: no answer within {seconds:g} s (the store is slow or unreachable)"}
+    return out
+
+
 def collect_status(settings: EmbedworkerSettings, window_s: float = 0.0, actors: bool = False,
                    check_health: bool = True) -> dict:
     """Everything `embedworker status` shows. `actors` also asks the running replicas through
     Ray; `check_health` adds "problems" (the health check's reasons, empty when healthy)."""
     kafka = kafka_status(settings, window_s)
     partitions = [p["partition"] for p in kafka.get("partitions", [])]
+    # The lake's reads go through the object store's own retries: together they are given
+    # STORE_WITHIN_S (an S3 answering 1 s late made them take 14 s; measured by the nemesis).
+    lake = f"lake at {settings.parquet.path}"
     report = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kafka": kafka, "redis": redis_status(settings),
-              "parquet": parquet_status(settings, settings.kafka.topic, partitions), "lexical": lexical_status(settings)}
+              **answered_within(STORE_WITHIN_S, {
+                  "parquet": (lake, lambda: parquet_status(settings, settings.kafka.topic, partitions)),
+                  "lexical": (f"the lexical index beside the {lake}", lambda: lexical_status(settings))})}
     if actors:
         from pipelines.stream.replica_status import actor_status
 

@@ -203,9 +203,11 @@ def run_fault(fault: Fault, worker, worker_settings: EmbedworkerSettings,
     from tests.helpers import wait_until
 
     report = FaultReport(fault.name, fault.service, round(fault.duration_s, 1))
-    tap = LogTap()
-    ours = logging.getLogger("embedworker")  # it does not propagate: the libraries' lines go to the root
+    tap, library_tap = LogTap(), LogTap()
+    ours = logging.getLogger("embedworker")  # neither propagates; each has the handler workers.logs gives it
+    kafka = logging.getLogger("kafka")      # (which prints kafka-python's lines without their tracebacks)
     ours.addHandler(tap)
+    kafka.addHandler(library_tap)
     try:
         fault.inject()
         t0 = time.monotonic()
@@ -233,10 +235,11 @@ def run_fault(fault: Fault, worker, worker_settings: EmbedworkerSettings,
             asker.join(120)
     finally:
         ours.removeHandler(tap)
+        kafka.removeHandler(library_tap)
     report.status = "; ".join(status_box.get("problems", ["(status did not answer within the fault + 60 s)"])) or "healthy"
     report.status_s = status_box.get("seconds")
     report.log = tap.lines[0] if tap.lines else ""
-    report.tracebacks = tap.tracebacks
+    report.tracebacks = tap.tracebacks + library_tap.tracebacks  # as printed
     return report
 
 

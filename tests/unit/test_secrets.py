@@ -130,3 +130,27 @@ def test_a_registered_secret_is_masked_in_any_logger_whatever_handler_prints_it(
     printed = root_out.getvalue()
     assert "connecting with ***" in printed and "'password': '***'" in printed
     assert value not in printed
+
+
+def test_kafka_pythons_tracebacks_are_dropped_unless_debugging(log_stream, monkeypatch):
+    """kafka-python logs a lost connection at ERROR with its traceback: whichever handler prints
+    it, the message stays and the traceback goes (the records are trimmed when they are made)."""
+    def printed() -> str:
+        out = io.StringIO()
+        handler = logging.StreamHandler(out)
+        logging.getLogger().addHandler(handler)
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except OSError:
+            logging.getLogger("kafka.net.transport").exception("Error receiving network data closing socket")
+        finally:
+            logging.getLogger().removeHandler(handler)
+        return out.getvalue()
+
+    assert printed() == "Error receiving network data closing socket\n"
+    monkeypatch.setenv("EMBEDWORKER_LOG_LEVEL", "DEBUG")
+    logs.configure("DEBUG", json_format=False)
+    try:
+        assert "Traceback (most recent call last)" in printed()
+    finally:
+        logs.configure("INFO", json_format=False)

@@ -1,6 +1,9 @@
 """The status health rules (pure): each problem is named, a healthy report has none."""
 
-from pipelines.ops.status import DLQ_STUCK_S, health
+import threading
+import time
+
+from pipelines.ops.status import DLQ_STUCK_S, answered_within, health
 
 
 def report(**parts):
@@ -57,3 +60,15 @@ def test_failing_or_stalled_sink_writes_are_a_problem():
     assert health(report(actors={"actors": [failing, stalled, busy]}), 2) == [
         "replica 0: writes fail, input paused until they succeed: Redis at redis://r:6379/0 is unavailable: refused",
         "replica 1: a write to redis has not returned for 3 s (input paused; the service neither answers nor fails)"]
+
+
+def test_a_read_that_hangs_is_reported_not_waited_for():
+    release = threading.Event()
+    started = time.monotonic()
+    answers = answered_within(0.3, {"parquet": ("lake at s3://b/lake", lambda: release.wait(30) and {"rows": 1}),
+                                    "lexical": ("the lexical index", lambda: {"documents": 2})})
+    assert time.monotonic() - started < 5
+    assert answers == {"parquet": {"error": "lake at s3://b/lake: no answer within 0.3 s (the store is slow or "
+                                            "unreachable)"},
+                       "lexical": {"documents": 2}}
+    release.set()
