@@ -204,8 +204,8 @@ def run_fault(fault: Fault, worker, worker_settings: EmbedworkerSettings,
 
     report = FaultReport(fault.name, fault.service, round(fault.duration_s, 1))
     tap, library_tap = LogTap(), LogTap()
-    ours = logging.getLogger("embedworker")  # neither propagates; each has the handler workers.logs gives it
-    kafka = logging.getLogger("kafka")      # (which prints kafka-python's lines without their tracebacks)
+    ours = logging.getLogger("embedworker")  # it does not propagate: a handler of its own
+    kafka = logging.getLogger("kafka")      # kafka-python's records, their tracebacks dropped by workers.logs
     ours.addHandler(tap)
     kafka.addHandler(library_tap)
     try:
