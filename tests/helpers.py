@@ -4,6 +4,8 @@ reading the DLQ and the Parquet output back."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -182,3 +184,11 @@ class WorkerThread:
         if self.error:
             raise self.error
         return self.result
+
+
+def service(script: str, action: str, run_dir: Path, **env) -> None:
+    """Start or stop a private service (Kafka, Redis, s3proxy, Toxiproxy) with the project's own
+    scripts in infra/local/, its state under `run_dir`."""
+    full = {**os.environ, "EMBEDWORKER_RUN_DIR": str(run_dir), **{k: str(v) for k, v in env.items()}}
+    subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "infra" / "local" / script), action], env=full,
+                   check=True, capture_output=True, timeout=240)

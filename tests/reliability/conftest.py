@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import subprocess
 import threading
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from tests.helpers import (
     produce,
     read_dlq,
     read_parquet,
+    service,
     wait_until,
 )
 from tests.hostile import bad_records
@@ -116,13 +115,6 @@ def run_in_thread(target) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, box
-
-
-def service(script: str, action: str, run_dir: Path, **env) -> None:
-    """Start or stop a private Kafka or Redis with the project's own scripts."""
-    full = {**os.environ, "EMBEDWORKER_RUN_DIR": str(run_dir), **{k: str(v) for k, v in env.items()}}
-    subprocess.run(["bash", str(REPO / "infra" / "local" / script), action], env=full, check=True,
-                   capture_output=True, timeout=180)
 
 
 __all__ = ["Stream", "run_in_thread", "service", "wait_until"]

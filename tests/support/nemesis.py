@@ -18,16 +18,10 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from pipelines.config import EmbedworkerSettings
+from tests.helpers import service
 from tests.support.toxiproxy import Toxiproxy
 
-REPO = Path(__file__).resolve().parents[2]
 WORDS = ["속보", "정부", "발표", "금리", "반도체", "수출", "날씨", "태풍", "야구", "선거", "breaking", "market", "rates", "chip"]
-
-
-def _service(script: str, action: str, run_dir: Path, **env) -> None:
-    full = {**os.environ, "EMBEDWORKER_RUN_DIR": str(run_dir), **{k: str(v) for k, v in env.items()}}
-    subprocess.run(["bash", str(REPO / "infra" / "local" / script), action], env=full, check=True,
-                   capture_output=True, timeout=240)
 
 
 @dataclass
@@ -65,7 +59,7 @@ class NemesisServices:
 
     def start(self) -> NemesisServices:
         for script, env in self._services():
-            _service(script, "start", self.run_dir, **env)
+            service(script, "start", self.run_dir, **env)
         tp = self.toxiproxy
         tp.reset()
         tp.create("kafka", self.kafka_proxy_port, f"localhost:{self.kafka_proxied_port}")
@@ -98,7 +92,7 @@ class NemesisServices:
                 pass
         for script, env in reversed(self._services()):
             try:
-                _service(script, "stop", self.run_dir, **env)
+                service(script, "stop", self.run_dir, **env)
             except subprocess.SubprocessError:
                 pass
         if self.small_disk:

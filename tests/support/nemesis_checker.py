@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 
+import psutil
 import redis
-from kafka import KafkaProducer
 
 from pipelines.config import EmbedworkerSettings
 from tests.support.nemesis import WORDS, Fault
+from workers.kafka.clients import new_producer
 
 
 @dataclass
@@ -33,9 +33,8 @@ class History:
 
     def __post_init__(self):
         self._rng = random.Random(self.seed)
-        self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers.split(","), acks="all",
-                                       linger_ms=5, retries=2**31 - 1, max_in_flight_requests_per_connection=1,
-                                       request_timeout_ms=30_000, delivery_timeout_ms=600_000)
+        self._producer = new_producer(self.settings.kafka, "nemesis-checker", retries=2**31 - 1,
+                                      max_in_flight_requests_per_connection=1, delivery_timeout_ms=600_000)
         self._lock = threading.Lock()
 
     def send(self, count: int) -> None:
@@ -167,11 +166,6 @@ class FaultReport:
     drain_s: float | None = None
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
-
-
 def _status_problems(settings: EmbedworkerSettings, worker, box: dict) -> None:
     """`embedworker status` as its health check runs it, with the in-process replica's stats in
     place of those it would ask Ray for."""
@@ -221,7 +215,7 @@ def run_fault(fault: Fault, worker, worker_settings: EmbedworkerSettings,
                 report.paused_after_s = round(now - t0, 2)
             report.max_in_flight_bytes = max(report.max_in_flight_bytes, stats.get("in_flight_bytes", 0))
             report.max_in_flight = max(report.max_in_flight, stats.get("in_flight", 0))
-            report.max_rss_mb = max(report.max_rss_mb, _rss_mb())
+            report.max_rss_mb = max(report.max_rss_mb, round(psutil.Process().memory_info().rss / 2**20, 1))
             if now >= asking_at and not asker.is_alive() and not asker.ident:
                 asker.start()
             time.sleep(0.1)
